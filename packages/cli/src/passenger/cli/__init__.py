@@ -1,0 +1,1 @@
+"""Command-line tools: passenger, passenger-status, passenger-memory-stats, passenger-config."""

@@ -1,0 +1,122 @@
+"""All reading of `/proc`, under a configurable root so tests can use fixture trees.
+
+Processes come and go while we read: a vanished process raises `ProcessGone`, a file we
+may not read (another user's process without root) gives None, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ProcessGone(Exception):
+    """The process exited while we were reading it."""
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    pid: int
+    comm: str
+    state: str
+    ppid: int
+    utime_ticks: int
+    stime_ticks: int
+    start_ticks: int
+    vsize_bytes: int
+
+
+class ProcFS:
+    def __init__(self, root: str | Path = "/proc") -> None:
+        self.root = Path(root)
+
+    def _read(self, pid: int, name: str) -> bytes | None:
+        try:
+            return (self.root / str(pid) / name).read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            raise ProcessGone(pid) from None
+        except PermissionError:
+            return None
+        except OSError as exc:
+            if exc.errno == 3:  # ESRCH while the process exits
+                raise ProcessGone(pid) from None
+            return None
+
+    def pids(self) -> list[int]:
+        try:
+            return sorted(int(e) for e in os.listdir(self.root) if e.isdigit())
+        except OSError:
+            return []
+
+    def stat(self, pid: int) -> ProcStat:
+        data = self._read(pid, "stat")
+        if data is None:
+            raise ProcessGone(pid)
+        text = data.decode("utf-8", "replace")
+        # comm may hold spaces and parentheses: it ends at the *last* ')'.
+        left, right = text.find("("), text.rfind(")")
+        fields = text[right + 2:].split()
+        return ProcStat(pid=pid, comm=text[left + 1:right], state=fields[0],
+                        ppid=int(fields[1]), utime_ticks=int(fields[11]),
+                        stime_ticks=int(fields[12]), start_ticks=int(fields[19]),
+                        vsize_bytes=int(fields[20]))
+
+    def cmdline(self, pid: int) -> str | None:
+        data = self._read(pid, "cmdline")
+        if data is None:
+            return None
+        return data.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace").rstrip()
+
+    def status_kb(self, pid: int, key: str) -> int | None:
+        data = self._read(pid, "status")
+        if data is None:
+            return None
+        prefix = key.encode() + b":"
+        for line in data.splitlines():
+            if line.startswith(prefix):
+                return int(line.split()[1])
+        return None
+
+    def smaps_totals(self, pid: int) -> dict[str, int] | None:
+        """Sums of each smaps field in kB, from smaps_rollup, else smaps; None if unreadable."""
+        for name in ("smaps_rollup", "smaps"):
+            try:
+                data = self._read(pid, name)
+            except ProcessGone:
+                if name == "smaps" or not (self.root / str(pid)).exists():
+                    raise
+                continue
+            if data is None:
+                if (self.root / str(pid) / name).exists():
+                    return None
+                continue
+            totals: dict[str, int] = {}
+            for line in data.splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[2] == b"kB" and parts[0].endswith(b":"):
+                    key = parts[0][:-1].decode()
+                    totals[key] = totals.get(key, 0) + int(parts[1])
+            if totals or name == "smaps":
+                return totals
+        return None
+
+    def uptime(self) -> float:
+        return float((self.root / "uptime").read_text().split()[0])
+
+    def cpu_percent(self, pid: int) -> float:
+        """CPU time over the process's lifetime, as `ps %cpu` (and Passenger) report it."""
+        st = self.stat(pid)
+        lifetime = self.uptime() - st.start_ticks / CLOCK_TICKS
+        if lifetime <= 0:
+            return 0.0
+        return 100.0 * (st.utime_ticks + st.stime_ticks) / CLOCK_TICKS / lifetime
+
+    def real_memory_kb(self, pid: int) -> int | None:
+        """Private dirty RSS plus swap, Passenger's "Memory" figure."""
+        totals = self.smaps_totals(pid)
+        if totals is None:
+            return None
+        return totals.get("Private_Dirty", 0) + totals.get("Swap", 0)

@@ -1,0 +1,64 @@
+"""How a parent hands a child process its configuration and learns that it is ready.
+
+Parent -> child: the child's stdin (an anonymous pipe) carries one JSON document on one
+line. The parent keeps the pipe open afterwards: EOF on it later means the parent is gone
+(the lifeline), and the child must exit.
+
+Child -> parent: an inherited pipe whose fd number is in the document as `feedback_fd`
+carries one JSON line::
+
+    {"status": "ready", ...extra facts}
+    {"status": "error", "message": "one line for the user"}
+
+Used between the watchdog and its agents, and between the helper agent and app processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, BinaryIO
+
+
+def read_startup_document(stream: BinaryIO | None = None) -> dict[str, Any]:
+    stream = stream or sys.stdin.buffer
+    line = stream.readline()
+    if not line:
+        raise SystemExit("no startup document on stdin (this program is started by its parent)")
+    doc = json.loads(line)
+    if not isinstance(doc, dict):
+        raise SystemExit("startup document must be a JSON object")
+    return doc
+
+
+def encode_document(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+
+def _send(fd: int, message: dict[str, Any]) -> None:
+    data = encode_document(message)
+    while data:
+        data = data[os.write(fd, data):]
+    os.close(fd)
+
+
+def report_ready(feedback_fd: int, **facts: Any) -> None:
+    _send(feedback_fd, {"status": "ready", **facts})
+
+
+def report_error(feedback_fd: int, message: str, **facts: Any) -> None:
+    _send(feedback_fd, {"status": "error", "message": message, **facts})
+
+
+def parse_feedback(line: bytes) -> dict[str, Any]:
+    """Decode the child's feedback line; a child that died silently gives an error."""
+    if not line.strip():
+        return {"status": "error", "message": "exited before reporting readiness"}
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        return {"status": "error", "message": f"sent unreadable feedback: {line[:200]!r}"}
+    if not isinstance(msg, dict) or msg.get("status") not in ("ready", "error"):
+        return {"status": "error", "message": f"sent unexpected feedback: {line[:200]!r}"}
+    return msg

@@ -1,0 +1,1 @@
+"""PassengerHelperAgent: HTTP front end, application pool, spawner, admin API."""

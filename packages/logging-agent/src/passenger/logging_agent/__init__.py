@@ -1,0 +1,1 @@
+"""PassengerLoggingAgent: the one writer of log files."""

@@ -1,0 +1,1 @@
+"""PassengerWatchdog: starts and supervises the helper and logging agents."""
