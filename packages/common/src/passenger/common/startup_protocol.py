@@ -15,6 +15,7 @@ Used between the watchdog and its agents, and between the helper agent and app p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
@@ -62,3 +63,28 @@ def parse_feedback(line: bytes) -> dict[str, Any]:
     if not isinstance(msg, dict) or msg.get("status") not in ("ready", "error"):
         return {"status": "error", "message": f"sent unexpected feedback: {line[:200]!r}"}
     return msg
+
+
+async def read_feedback_line(fd: int) -> bytes:
+    """Read the child's one feedback line (or whatever came before EOF) without blocking
+    the event loop; closes `fd`."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+    data = bytearray()
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        data.extend(chunk)
+        if (not chunk or b"\n" in chunk) and not done.done():
+            done.set_result(bytes(data.split(b"\n", 1)[0]))
+
+    loop.add_reader(fd, readable)
+    try:
+        return await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)

@@ -1,0 +1,113 @@
+"""passenger-status: the live pool of a running instance, in Passenger's layout.
+
+Usage:
+  passenger-status [options] [NAME]
+
+Options:
+  --show=WHAT       What to show: pool (the default, Passenger's text layout) or json
+                    (the live pool, machine-readable).
+  --no-header       Do not display the header (version, date, instance).
+  -v, --verbose     Show verbose information.
+  -h, --help        Show this help.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+from docopt import DocoptExit, docopt
+
+from passenger.cli.instances import NoInstance, select_instance
+from passenger.common.admin_client import AdminError, request
+
+SHOW_CHOICES = ("pool", "json")
+
+
+def duration(seconds: float) -> str:
+    """Passenger's style: `11s`, `4m 31s`, `2h 0m 5s`, `1d 3h 2m 0s`."""
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = []
+    if days:
+        parts.append(f"{days}d")
+    if days or hours:
+        parts.append(f"{hours}h")
+    if days or hours or minutes:
+        parts.append(f"{minutes}m")
+    parts.append(f"{secs}s")
+    return " ".join(parts)
+
+
+def format_header(pool: dict[str, Any]) -> str:
+    date = time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(pool["now"]))
+    return (f"Version : {pool['version']}\nDate    : {date}\n"
+            f"Instance: {pool['instance']} ({pool['server_software']})\n")
+
+
+def format_process(p: dict[str, Any], now: float) -> str:
+    cpu = "?" if p.get("cpu") is None else f"{p['cpu']}%"
+    memory = "?" if p.get("real_memory_kb") is None else f"{p['real_memory_kb'] // 1024}M"
+    uptime = duration(now - p["spawn_ended"]) if p.get("spawn_ended") else "0s"
+    last_used = duration(now - p["last_used"]) if p.get("last_used") else "0s"
+    text = (f"  * PID: {p['pid']:<5}   Sessions: {p['sessions']:<2}      "
+            f"Processed: {p['processed']:<5}   Uptime: {uptime}\n"
+            f"    CPU: {cpu:<5}   Memory  : {memory:<5}   Last used: {last_used} ago\n")
+    if p.get("state") == "shutting_down":
+        text += "    Shutting down...\n"
+    return text
+
+
+def format_pool(pool: dict[str, Any], header: bool = True) -> str:
+    now = pool["now"]
+    out = [format_header(pool) + "\n"] if header else []
+    out.append("----------- General information -----------\n"
+               f"Max pool size : {pool['max_pool_size']}\n"
+               f"App groups    : {len(pool['groups'])}\n"
+               f"Processes     : {pool['process_count']}\n"
+               f"Requests in top-level queue : {pool['requests_in_top_level_queue']}\n")
+    if pool.get("log_records_dropped"):
+        out.append(f"Log records dropped : {pool['log_records_dropped']}\n")
+    out.append("\n----------- Application groups -----------\n")
+    for group in pool["groups"]:
+        out.append(f"{group['name']}:\n  App root: {group['app_root']}\n")
+        if group.get("spawning"):
+            n = group["spawning"]
+            out.append(f"  (spawning {n} new process{'es' if n > 1 else ''}...)\n")
+        out.append(f"  Requests in queue: {group['requests_in_queue']}\n")
+        if group.get("last_spawn_error"):
+            out.append(f"  Last spawn error: {group['last_spawn_error']}\n")
+        out.extend(format_process(p, now) for p in group["processes"])
+        out.append("\n")
+    return "".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        args = docopt(__doc__, argv=argv)
+    except DocoptExit as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(2)
+    show = args["--show"] or "pool"
+    if show not in SHOW_CHOICES:
+        print(f"passenger-status: --show: {show!r} is not supported; allowed: "
+              f"{', '.join(SHOW_CHOICES)}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        instance = select_instance(args["NAME"])
+        pool = request(instance.admin_socket, "GET", "/pool.json")
+    except (NoInstance, AdminError) as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(1)
+    if show == "json":
+        print(json.dumps(pool, indent=2))
+    else:
+        sys.stdout.write(format_pool(pool, header=not args["--no-header"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The admin API on `<instance>/admin.sock`: HTTP/1.1 + JSON, for root and the owner only.
+
+    GET /ping.json   -> {"status": "ok"}
+    GET /pool.json   -> the live pool: groups, processes, queues, counters
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from typing import Any, cast
+
+import httptools
+
+log = logging.getLogger(__name__)
+PEERCRED = struct.Struct("3i")
+MAX_ADMIN_REQUEST = 1 << 20
+
+
+def peer_uid(sock: socket.socket) -> int:
+    _pid, uid, _gid = PEERCRED.unpack(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, PEERCRED.size))
+    return int(uid)
+
+
+Handler = Callable[[bytes], tuple[int, Any]]
+
+
+class AdminConnection(asyncio.Protocol):
+    def __init__(self, routes: dict[tuple[bytes, bytes], Handler]) -> None:
+        self.routes = routes
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.body = bytearray()
+        self.authorized = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        sock = transport.get_extra_info("socket")
+        try:
+            uid = peer_uid(sock)
+        except OSError:
+            uid = -1
+        self.authorized = uid in (0, os.getuid())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._respond(400, {"error": f"malformed request: {exc}"})
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+        if len(self.body) > MAX_ADMIN_REQUEST:
+            self._respond(413, {"error": "request body too large"})
+
+    def on_message_complete(self) -> None:
+        if not self.authorized:
+            self._respond(403, {"error": "only root and the instance's owner may use the "
+                                         "admin API"})
+            return
+        method = self.parser.get_method()
+        path = self.url.split(b"?", 1)[0]
+        handler = self.routes.get((method, path))
+        if handler is None:
+            known = any(p == path for _, p in self.routes)
+            self._respond(405 if known else 404,
+                          {"error": f"no such endpoint: {method.decode()} {path.decode()}"})
+            return
+        try:
+            status, payload = handler(bytes(self.body))
+        except Exception as exc:
+            log.exception("Admin API handler failed")
+            status, payload = 500, {"error": str(exc)}
+        self._respond(status, payload)
+
+    def _respond(self, status: int, payload: Any) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        body = json.dumps(payload, indent=2).encode() + b"\n"
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n" % (status, b"OK" if status < 400 else b"Error",
+                                            len(body)) + body)
+        self.transport.close()

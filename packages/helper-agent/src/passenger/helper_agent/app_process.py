@@ -1,0 +1,87 @@
+"""One application process as the pool sees it, and its lifecycle."""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from passenger.helper_agent.app_channel import AppChannel
+
+log = logging.getLogger(__name__)
+
+
+class ProcessState(enum.Enum):
+    SPAWNING = "spawning"
+    ENABLED = "enabled"            # gets requests
+    SHUTTING_DOWN = "shutting_down"  # gets no new requests; finishes, then exits
+    DEAD = "dead"
+
+
+TRANSITIONS: dict[ProcessState, frozenset[ProcessState]] = {
+    ProcessState.SPAWNING: frozenset({ProcessState.ENABLED, ProcessState.DEAD}),
+    ProcessState.ENABLED: frozenset({ProcessState.SHUTTING_DOWN, ProcessState.DEAD}),
+    ProcessState.SHUTTING_DOWN: frozenset({ProcessState.DEAD}),
+    ProcessState.DEAD: frozenset(),
+}
+
+
+class InvalidTransition(RuntimeError):
+    pass
+
+
+@dataclass(eq=False)
+class AppProcess:
+    popen: subprocess.Popen[bytes]
+    socket_path: str
+    concurrency: int = 1
+    state: ProcessState = ProcessState.SPAWNING
+    sessions: int = 0
+    processed: int = 0
+    spawn_started: float = field(default_factory=time.time)
+    spawn_ended: float = 0.0
+    last_used: float = 0.0
+    channel: AppChannel | None = None
+    exit_description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def change_state(self, new: ProcessState) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise InvalidTransition(f"process {self.pid}: {self.state.value} -> {new.value}")
+        log.debug("App process %d: %s -> %s", self.pid, self.state.value, new.value)
+        self.state = new
+
+    @property
+    def accepts_requests(self) -> bool:
+        return self.state is ProcessState.ENABLED and self.sessions < self.concurrency
+
+    def stop_gracefully(self) -> None:
+        """Close its lifeline: the loader exits once its current request is done."""
+        if self.popen.stdin is not None and not self.popen.stdin.closed:
+            with contextlib.suppress(OSError):
+                self.popen.stdin.close()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"signal {-returncode}"
+    return f"exit status {returncode}"

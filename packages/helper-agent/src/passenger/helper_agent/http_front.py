@@ -1,0 +1,367 @@
+"""The HTTP/1.1 front end: parses client requests (httptools), hands each to the pool,
+and relays the app's response with proper framing (Content-Length or chunked).
+
+Keep-alive and pipelining: requests on one connection are answered strictly in order;
+only the oldest one is routed at a time. Bad input gets a specific 4xx and the connection
+is closed; an app that dies mid-request gets its client a 502.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email.utils
+import logging
+import time
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from passenger.common import app_protocol as proto
+from passenger.helper_agent.app_process import AppProcess
+
+if TYPE_CHECKING:
+    from passenger.helper_agent.group import Group
+    from passenger.helper_agent.pool import Pool
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD_BYTES = 80 * 1024  # Passenger's limit for a request head
+MAX_PIPELINED = 32
+NO_BODY_STATUSES = frozenset((204, 304))
+SKIPPED_HEADERS = frozenset((b"TRANSFER_ENCODING",))
+
+_date_cache: list[object] = [0, b""]
+
+
+def http_date() -> bytes:
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = email.utils.formatdate(now, usegmt=True).encode()
+    return _date_cache[1]  # type: ignore[return-value]
+
+
+REASONS = {400: "Bad Request", 404: "Not Found", 413: "Content Too Large",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+           505: "HTTP Version Not Supported"}
+
+
+def error_response(status: int, reason: str, close: bool, head_only: bool = False) -> bytes:
+    title = f"{status} {REASONS.get(status, 'Error')}"
+    body = (f"<!DOCTYPE html>\n<html><head><title>{title}</title></head><body>"
+            f"<h1>{title}</h1><p>{_escape(reason)}</p></body></html>\n").encode()
+    head = (f"HTTP/1.1 {title}\r\nContent-Type: text/html; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nCache-Control: no-cache, no-store\r\n").encode()
+    head += b"Date: " + http_date() + b"\r\n"
+    if close:
+        head += b"Connection: close\r\n"
+    return head + b"\r\n" + (b"" if head_only else body)
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class HeadTooLarge(Exception):
+    pass
+
+
+class Request:
+    """One request: queued, then bound to an app process, then relaying its response."""
+
+    __slots__ = ("body_done", "chunked", "conn", "frames", "group", "head_only",
+                 "http10", "keep_alive", "process", "response_started", "done", "host",
+                 "path")
+
+    def __init__(self, conn: HttpConnection, frames: list[bytes], head_only: bool,
+                 keep_alive: bool, http10: bool, host: bytes, path: bytes) -> None:
+        self.conn = conn
+        self.frames = frames            # request frames not yet sent to the app
+        self.head_only = head_only
+        self.keep_alive = keep_alive
+        self.http10 = http10
+        self.host = host
+        self.path = path
+        self.body_done = False
+        self.chunked = False
+        self.response_started = False
+        self.done = False
+        self.process: AppProcess | None = None
+        self.group: Group | None = None
+
+    # -- request body ---------------------------------------------------------------
+
+    def feed_body(self, data: bytes) -> None:
+        frame = proto.encode_chunk(data)
+        if self.process is not None and self.process.channel is not None:
+            self.process.channel.write(frame)
+        else:
+            self.frames.append(frame)
+
+    def end_body(self) -> None:
+        self.body_done = True
+        self.feed_body(b"")
+
+    # -- from the pool --------------------------------------------------------------
+
+    def assign(self, process: AppProcess) -> None:
+        self.process = process
+        assert process.channel is not None
+        frames, self.frames = self.frames, []
+        process.channel.start(self, b"".join(frames))
+        if self.conn.writing_paused:
+            process.channel.pause()
+
+    def fail(self, status: int, reason: str) -> None:
+        if self.done:
+            return
+        self.keep_alive = False
+        self.conn.write(error_response(status, reason, close=True, head_only=self.head_only))
+        self._finish()
+
+    # -- from the app channel ------------------------------------------------------
+
+    def on_response_head(self, content_length: int, head: bytes) -> None:
+        self.response_started = True
+        try:
+            status = int(head[:3])
+        except ValueError:
+            status = 200
+        extra = b""
+        if content_length >= 0:
+            extra = b"Content-Length: %d\r\n" % content_length
+        elif self.head_only or status in NO_BODY_STATUSES or status < 200:
+            pass
+        elif self.http10:
+            self.keep_alive = False
+        else:
+            self.chunked = True
+            extra = b"Transfer-Encoding: chunked\r\n"
+        if not self.keep_alive:
+            extra += b"Connection: close\r\n"
+        elif self.http10:
+            extra += b"Connection: keep-alive\r\n"
+        if b"\nDate:" not in head:
+            extra += b"Date: " + http_date() + b"\r\n"
+        self.conn.write(b"HTTP/1.1 " + head + extra + b"\r\n")
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.chunked:
+            self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.conn.write(data)
+
+    def on_response_end(self) -> None:
+        if self.chunked:
+            self.conn.write(b"0\r\n\r\n")
+        self._finish()
+
+    def on_response_abort(self, reason: str) -> None:
+        log.warning("Request to %s failed: %s", self.group.name if self.group else "app",
+                    reason)
+        if self.response_started:
+            self.keep_alive = False  # the client cannot tell the response is cut otherwise
+            self._finish()
+        else:
+            self.fail(502, f"Incomplete response received from the application: {reason}")
+
+    def _finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self.conn.request_finished(self)
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.requests: collections.deque[Request] = collections.deque()
+        self.writing_paused = False
+        self.reading_paused = False
+        self.closing_error: bytes | None = None
+        self.server_name = b""
+        self.server_port = b""
+        self.remote_addr = b""
+        self.remote_port = b""
+        self._reset_message()
+
+    def _reset_message(self) -> None:
+        self.url = b""
+        self.headers: list[bytes] = []
+        self.head_bytes = 0
+        self.host = b""
+        self.expect_continue = False
+        self.current: Request | None = None
+
+    # -- connection ------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        sockname = transport.get_extra_info("sockname")
+        peer = transport.get_extra_info("peername")
+        if isinstance(sockname, tuple):
+            self.server_name, self.server_port = sockname[0].encode(), b"%d" % sockname[1]
+        else:
+            self.server_name, self.server_port = b"localhost", b""
+        if isinstance(peer, tuple):
+            self.remote_addr, self.remote_port = peer[0].encode(), b"%d" % peer[1]
+        else:
+            self.remote_addr, self.remote_port = b"127.0.0.1", b"0"
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except HeadTooLarge:
+            self._reject(431, "The request head is larger than "
+                              f"{MAX_HEAD_BYTES} bytes")
+        except httptools.HttpParserUpgrade:
+            self._reject(400, "Protocol upgrades are not supported")
+        except httptools.HttpParserError as exc:
+            message = str(exc)
+            status = 505 if "version" in message.lower() else 400
+            self._reject(status, f"Malformed request: {message}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        for request in self.requests:
+            if request.process is None and request.group is not None:
+                request.group.cancel(request)
+            request.done = True  # whatever the app still sends is dropped
+        self.requests.clear()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+        if self.requests and self.requests[0].process and self.requests[0].process.channel:
+            self.requests[0].process.channel.pause()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.requests and self.requests[0].process and self.requests[0].process.channel:
+            self.requests[0].process.channel.resume()
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _reject(self, status: int, reason: str) -> None:
+        log.info("Rejected a request from %s: %d %s", self.remote_addr.decode(), status, reason)
+        if self.transport is None:
+            return
+        self.transport.pause_reading()
+        response = error_response(status, reason, close=True)
+        # Earlier pipelined requests are answered first; this error closes after them.
+        unanswered = [r for r in self.requests if r is not self.current]
+        if unanswered:
+            self.requests = collections.deque(unanswered)
+            self.closing_error = response
+        else:
+            self.requests.clear()
+            self.transport.write(response)
+            self.transport.close()
+
+    # -- parser callbacks ------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._reset_message()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        self.head_bytes += len(url)
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_bytes += len(name) + len(value) + 4
+        if self.head_bytes > MAX_HEAD_BYTES:
+            raise HeadTooLarge
+        key = name.upper()
+        if b"_" in key:
+            return  # as Passenger: could be confused with a dash-named header
+        key = key.replace(b"-", b"_")
+        if key == b"CONTENT_TYPE" or key == b"CONTENT_LENGTH":
+            self.headers += (key, value)
+            return
+        if key == b"HOST":
+            self.host = value
+        elif key == b"EXPECT" and value.lower() == b"100-continue":
+            self.expect_continue = True
+        elif key in SKIPPED_HEADERS:
+            return
+        self.headers += (b"HTTP_" + key, value)
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        method = parser.get_method()
+        url = self.url
+        if url[:1] != b"/" and url != b"*":
+            parsed = httptools.parse_url(url)
+            path, query = parsed.path or b"/", parsed.query or b""
+        else:
+            path, _, query = url.partition(b"?")
+        version = parser.get_http_version()
+        env = [b"REQUEST_METHOD", method, b"REQUEST_URI", url,
+               b"PATH_INFO", _unquote(path), b"QUERY_STRING", query,
+               b"SERVER_PROTOCOL", b"HTTP/" + version.encode(),
+               b"SERVER_NAME", self.server_name, b"SERVER_PORT", self.server_port,
+               b"REMOTE_ADDR", self.remote_addr, b"REMOTE_PORT", self.remote_port]
+        env += self.headers
+        env.append(b"")
+        block = b"\0".join(env)
+        request = Request(self, [proto.encode_request_head(block)],
+                          head_only=method == b"HEAD", keep_alive=parser.should_keep_alive(),
+                          http10=version == "1.0", host=self.host, path=path)
+        self.current = request
+        self.requests.append(request)
+        if self.expect_continue and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if len(self.requests) == 1:
+            self._route(request)
+        elif len(self.requests) > MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()
+            self.reading_paused = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.current is not None:
+            self.current.feed_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.current is not None:
+            self.current.end_body()
+        self.current = None
+
+    # -- request completion ----------------------------------------------------------
+
+    def _route(self, request: Request) -> None:
+        request.group = self.pool.route(request, request.host, request.path)
+
+    def request_finished(self, request: Request) -> None:
+        if not self.requests or self.requests[0] is not request:
+            return
+        self.requests.popleft()
+        if self.transport is None:
+            return
+        if not request.keep_alive:
+            self.requests.clear()
+            self.transport.close()
+            return
+        if self.requests:
+            self._route(self.requests[0])
+        elif self.closing_error is not None:
+            self.transport.write(self.closing_error)
+            self.transport.close()
+        if self.reading_paused and len(self.requests) <= MAX_PIPELINED:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+
+def _unquote(path: bytes) -> bytes:
+    if b"%" not in path:
+        return path
+    from urllib.parse import unquote_to_bytes
+
+    return unquote_to_bytes(path)

@@ -1,0 +1,142 @@
+"""PassengerHelperAgent entry point: read the startup document, serve, shut down cleanly.
+
+Started by the watchdog, which passes the listening socket (so connections wait in its
+backlog while a helper agent is being restarted) and keeps our stdin as a lifeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from passenger.common.config import ServerConfig
+from passenger.common.instance_dir import InstanceDir
+from passenger.common.log_records import FifoLogHandler, FifoLogWriter
+from passenger.common.process_title import HELPER_AGENT, set_title
+from passenger.common.startup_protocol import read_startup_document, report_error, report_ready
+from passenger.helper_agent.admin_api import AdminConnection
+from passenger.helper_agent.http_front import HttpConnection
+from passenger.helper_agent.pool import Pool
+
+log = logging.getLogger("passenger.helper_agent.main")
+GRACEFUL_TIMEOUT = 30.0
+LOG_FLUSH_INTERVAL = 0.2
+
+
+class HelperAgent:
+    def __init__(self, doc: dict[str, object]) -> None:
+        self.config = ServerConfig.from_json(doc["config"])  # type: ignore[arg-type]
+        self.instance = InstanceDir(Path(str(doc["instance_dir"])))
+        self.listen_fd = int(doc["listen_fd"])  # type: ignore[call-overload]
+        self.feedback_fd = int(doc["feedback_fd"])  # type: ignore[call-overload]
+        self.log_writer = FifoLogWriter(str(self.instance.logging_fifo))
+        self.stop_reason = ""
+        self.stopped: asyncio.Event | None = None
+
+    def configure_logging(self) -> None:
+        root = logging.getLogger()
+        root.handlers[:] = [FifoLogHandler(self.log_writer)]
+        root.setLevel(self.config.log_level.upper())
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.stopped = asyncio.Event()
+        pool = Pool(self.config, self.instance.apps_dir, self.log_writer,
+                    self.instance.name)
+        for stale in self.instance.apps_dir.glob("wsgi.*"):
+            stale.unlink(missing_ok=True)
+        listener = socket.socket(fileno=self.listen_fd)
+        server = await loop.create_server(lambda: HttpConnection(pool), sock=listener,
+                                          backlog=2048)
+        admin_path = str(self.instance.admin_socket)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(admin_path)
+        routes = {
+            (b"GET", b"/ping.json"): lambda body: (200, {"status": "ok"}),
+            (b"GET", b"/pool.json"): lambda body: (200, pool.snapshot()),
+        }
+        old_umask = os.umask(0o177)
+        try:
+            admin = await loop.create_unix_server(lambda: AdminConnection(routes), admin_path)
+        finally:
+            os.umask(old_umask)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._request_stop, f"signal {sig.name}")
+        loop.add_reader(sys.stdin.fileno(), self._check_lifeline)
+        flusher = loop.create_task(self._flush_logs())
+        pool.start()
+        report_ready(self.feedback_fd, admin_socket=admin_path, pid=os.getpid())
+        log.info("Helper agent online, PID %d, serving %s", os.getpid(), self.config.app_root)
+
+        await self.stopped.wait()
+        log.info("Helper agent shutting down (%s)", self.stop_reason)
+        server.close()
+        admin.close()
+        if self.stop_reason != "lifeline":
+            deadline = loop.time() + GRACEFUL_TIMEOUT
+            while pool.busy_sessions() and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+        await pool.stop()
+        flusher.cancel()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(admin_path)
+        log.info("Helper agent stopped")
+        self.log_writer.close()
+        return 0
+
+    def _request_stop(self, reason: str) -> None:
+        if not self.stop_reason and self.stopped is not None:
+            self.stop_reason = reason
+            self.stopped.set()
+
+    def _check_lifeline(self) -> None:
+        if not os.read(sys.stdin.fileno(), 4096):
+            asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
+            self._request_stop("lifeline")
+
+    async def _flush_logs(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_FLUSH_INTERVAL)
+            if self.log_writer.pending or self.log_writer.dropped:
+                self.log_writer.flush()
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop when installed (and not turned off with PASSENGER_EVENT_LOOP=asyncio)."""
+    if os.environ.get("PASSENGER_EVENT_LOOP", "uvloop") != "asyncio":
+        try:
+            import uvloop
+
+            return uvloop.new_event_loop()  # type: ignore[no-any-return]
+        except ImportError:
+            pass
+    return asyncio.new_event_loop()
+
+
+def main() -> None:
+    set_title(HELPER_AGENT)
+    doc = read_startup_document()
+    agent = HelperAgent(doc)
+    agent.configure_logging()
+    loop = new_event_loop()
+    try:
+        code = loop.run_until_complete(agent.run())
+    except Exception as exc:
+        log.exception("Helper agent failed")
+        with contextlib.suppress(OSError):
+            report_error(agent.feedback_fd, f"helper agent failed: {exc}")
+        agent.log_writer.close()
+        code = 1
+    finally:
+        loop.close()
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

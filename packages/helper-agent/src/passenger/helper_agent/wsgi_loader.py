@@ -1,0 +1,299 @@
+"""The app side of a WSGI app process: loads `passenger_wsgi.py` and serves its requests.
+
+Runs with the app's own interpreter, so it imports only the standard library. The frame
+format lives in `passenger/common/app_protocol.py`, which is stdlib-only too and is loaded
+here by path (its location comes in the startup document).
+
+Life cycle: read one JSON startup document from stdin; load the app; listen on the Unix
+socket named in the document; report {"status": "ready"} (or an error with the traceback)
+on the feedback fd; serve one request at a time. EOF on stdin means the helper agent is
+gone or wants us to stop: we exit, after the request in progress if there is one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import os
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import Any
+
+HOP_BY_HOP = frozenset(("connection", "keep-alive", "transfer-encoding", "te", "trailer",
+                        "upgrade", "proxy-authenticate", "proxy-authorization"))
+
+
+def set_process_title(title: str) -> None:
+    """Overwrite our argv area (found via /proc/self/stat) so `ps` shows `title`.
+
+    The helper agent pads our argv so the area is long enough; anything longer is cut.
+    """
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        arg_start, arg_end = int(fields[45]), int(fields[46])
+        data = title.encode()[: arg_end - arg_start - 1]
+        ctypes.memmove(arg_start, data + b"\0" * (arg_end - arg_start - len(data)),
+                       arg_end - arg_start)
+    except (OSError, IndexError, ValueError):
+        pass  # a cosmetic failure must never stop the app
+
+
+def load_module(name: str, path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class Lifeline:
+    """Watches stdin; on EOF exits now if idle, or once the current request is done."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.busy = False
+        self.stop_requested = False
+
+    def watch(self) -> None:
+        threading.Thread(target=self._run, name="lifeline", daemon=True).start()
+
+    def _run(self) -> None:
+        while sys.stdin.buffer.read1(4096):
+            pass
+        with self.lock:
+            self.stop_requested = True
+            if not self.busy:
+                _exit_now()
+
+    def begin_request(self) -> None:
+        with self.lock:
+            self.busy = True
+
+    def end_request(self) -> None:
+        with self.lock:
+            self.busy = False
+            if self.stop_requested:
+                _exit_now()
+
+
+def _exit_now() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+class BodyReader:
+    """`wsgi.input`: reads the chunk frames of one request body, and signals EOF."""
+
+    def __init__(self, rfile: Any, proto: ModuleType) -> None:
+        self.rfile = rfile
+        self.proto = proto
+        self.buffer = b""
+        self.done = False
+
+    def _fill(self) -> bool:
+        if self.done:
+            return False
+        n = self.proto.LENGTH.unpack(self._exact(4))[0]
+        if n == 0:
+            self.done = True
+            return False
+        self.buffer += self._exact(n)
+        return True
+
+    def _exact(self, n: int) -> bytes:
+        data = self.rfile.read(n)
+        if len(data) != n:
+            raise ConnectionError("helper agent closed the connection mid-request")
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            data, self.buffer = self.buffer, b""
+            return data
+        while len(self.buffer) < size and self._fill():
+            pass
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        while b"\n" not in self.buffer and (size is None or size < 0 or
+                                            len(self.buffer) < size) and self._fill():
+            pass
+        end = self.buffer.find(b"\n") + 1 or len(self.buffer)
+        if size is not None and size >= 0:
+            end = min(end, size)
+        data, self.buffer = self.buffer[:end], self.buffer[end:]
+        return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return list(iter(self.readline, b""))
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
+
+    def drain(self) -> None:
+        while self._fill():
+            self.buffer = b""
+
+
+class RequestHandler:
+    def __init__(self, app: Callable[..., Iterable[bytes]], proto: ModuleType,
+                 base_environ: dict[str, Any]) -> None:
+        self.app = app
+        self.proto = proto
+        self.base_environ = base_environ
+
+    def serve_connection(self, conn: socket.socket, lifeline: Lifeline) -> None:
+        rfile = conn.makefile("rb", buffering=65536)
+        length = self.proto.LENGTH
+        while True:
+            head = rfile.read(4)
+            if len(head) < 4:
+                return
+            lifeline.begin_request()
+            try:
+                block = rfile.read(length.unpack(head)[0])
+                environ = self.proto.decode_environ(block)
+                body = BodyReader(rfile, self.proto)
+                self.handle(environ, body, conn)
+                body.drain()
+            finally:
+                lifeline.end_request()
+
+    def handle(self, cgi: dict[str, str], body: BodyReader, conn: socket.socket) -> None:
+        proto = self.proto
+        environ: dict[str, Any] = dict(self.base_environ)
+        environ.update(cgi)
+        environ["wsgi.input"] = body
+        environ["wsgi.url_scheme"] = "https" if cgi.get("HTTPS") == "on" else "http"
+        is_head = cgi.get("REQUEST_METHOD") == "HEAD"
+        state: dict[str, Any] = {"status": None, "headers": None, "sent": False}
+
+        def start_response(status: str, headers: list[tuple[str, str]],
+                           exc_info: Any = None) -> Callable[[bytes], None]:
+            if exc_info:
+                try:
+                    if state["sent"]:
+                        raise exc_info[1].with_traceback(exc_info[2])
+                finally:
+                    exc_info = None
+            elif state["status"] is not None:
+                raise AssertionError("start_response called twice without exc_info")
+            state["status"], state["headers"] = status, headers
+            return write
+
+        def head_bytes(content_length: int) -> bytes:
+            kept = []
+            for name, value in state["headers"]:
+                lname = name.lower()
+                if lname == "content-length":
+                    content_length = int(value)
+                elif lname not in HOP_BY_HOP:
+                    kept.append((name, value))
+            state["sent"] = True
+            return proto.encode_response_head(content_length, state["status"], kept)
+
+        def write(data: bytes) -> None:
+            out = b"" if state["sent"] else head_bytes(-1)
+            if data and not is_head:
+                out += proto.encode_chunk(data)
+            if out:
+                conn.sendall(out)
+
+        result: Any = None
+        try:
+            result = self.app(environ, start_response)
+            if isinstance(result, (list, tuple)) and not state["sent"] and state["status"]:
+                # The whole body is known: one write, with its length.
+                data = b"".join(result)
+                out = head_bytes(len(data))
+                if data and not is_head:
+                    out += proto.encode_chunk(data)
+                conn.sendall(out + proto.END)
+                return
+            for chunk in result:
+                if chunk:
+                    write(chunk)
+            if not state["sent"]:
+                if state["status"] is None:
+                    raise RuntimeError("the app returned without calling start_response")
+                conn.sendall(head_bytes(0))
+            conn.sendall(proto.END)
+        except (ConnectionError, BrokenPipeError):
+            raise
+        except Exception:
+            print("Error: the WSGI application raised an exception:", file=sys.stderr)
+            traceback.print_exc()
+            sys.stderr.flush()
+            if state["sent"]:
+                conn.sendall(proto.ABORT)
+            else:
+                body_bytes = b"Internal Server Error\n"
+                conn.sendall(proto.encode_response_head(
+                    len(body_bytes), "500 Internal Server Error",
+                    [("Content-Type", "text/plain")]) + proto.encode_chunk(body_bytes)
+                    + proto.END)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+
+def main() -> None:
+    doc = json.loads(sys.stdin.buffer.readline())
+    feedback_fd: int = doc["feedback_fd"]
+    set_process_title(doc["title"])
+    lifeline = Lifeline()
+    lifeline.watch()
+    try:
+        proto = load_module("passenger_app_protocol", doc["protocol_path"])
+        os.chdir(doc["app_root"])
+        sys.path.insert(0, doc["app_root"])
+        module = load_module("passenger_wsgi", os.path.join(doc["app_root"],
+                                                            doc["startup_file"]))
+        app = getattr(module, "application", None)
+        if not callable(app):
+            raise RuntimeError(f"{doc['startup_file']} does not define a callable "
+                               f"named 'application'")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(doc["socket_path"])
+        listener.listen(64)
+    except BaseException as exc:
+        tb = traceback.format_exc()
+        sys.stderr.write(tb)
+        sys.stderr.flush()
+        message = f"{type(exc).__name__}: {exc}"
+        os.write(feedback_fd, json.dumps({"status": "error", "message": message,
+                                          "traceback": tb}).encode() + b"\n")
+        os._exit(1)
+    os.write(feedback_fd, json.dumps({"status": "ready", "pid": os.getpid()}).encode() + b"\n")
+    os.close(feedback_fd)
+    base_environ = {
+        "wsgi.version": (1, 0), "wsgi.errors": sys.stderr, "wsgi.multithread": False,
+        "wsgi.multiprocess": True, "wsgi.run_once": False, "wsgi.input_terminated": True,
+        "SCRIPT_NAME": "",
+    }
+    handler = RequestHandler(app, proto, base_environ)
+    while True:
+        conn, _ = listener.accept()
+        try:
+            handler.serve_connection(conn, lifeline)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            conn.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""One supervised agent (helper or logging): start with the startup protocol, watch its exit
+via pidfd, stop it with its whole process group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+from passenger.common.startup_protocol import encode_document, parse_feedback, read_feedback_line
+
+log = logging.getLogger(__name__)
+
+
+class AgentState(enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+TRANSITIONS: dict[AgentState, frozenset[AgentState]] = {
+    AgentState.STOPPED: frozenset({AgentState.STARTING}),
+    AgentState.STARTING: frozenset({AgentState.RUNNING, AgentState.STOPPED,
+                                    AgentState.STOPPING}),
+    AgentState.RUNNING: frozenset({AgentState.STOPPING, AgentState.STOPPED}),
+    AgentState.STOPPING: frozenset({AgentState.STOPPED}),
+}
+
+
+class AgentStartupError(RuntimeError):
+    """The agent reported a fatal error (or died) before it was ready."""
+
+
+class AgentProcess:
+    def __init__(self, name: str, executable: str, document: Callable[[], dict[str, Any]],
+                 pass_fds: tuple[int, ...] = (), start_timeout: float = 30.0) -> None:
+        self.name = name
+        self.executable = executable
+        self.document = document
+        self.pass_fds = pass_fds
+        self.start_timeout = start_timeout
+        self.state = AgentState.STOPPED
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
+        self.on_exit: Callable[[AgentProcess, int], None] = lambda agent, code: None
+        self._exited: asyncio.Event | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid if self.popen else 0
+
+    def change_state(self, new: AgentState) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"{self.name}: {self.state.value} -> {new.value}")
+        log.debug("%s: %s -> %s", self.name, self.state.value, new.value)
+        self.state = new
+
+    async def start(self) -> None:
+        self.change_state(AgentState.STARTING)
+        feedback_r, feedback_w = os.pipe()
+        try:
+            self.popen = subprocess.Popen(  # noqa: ASYNC220 (fork+exec is quick)
+                [self.executable], stdin=subprocess.PIPE,
+                pass_fds=(*self.pass_fds, feedback_w), process_group=0)
+        except OSError as exc:
+            os.close(feedback_r)
+            self.change_state(AgentState.STOPPED)
+            raise AgentStartupError(f"cannot run {self.executable}: {exc}") from None
+        finally:
+            os.close(feedback_w)
+        self.started_at = time.monotonic()
+        self._watch_exit()
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(encode_document({**self.document(), "feedback_fd": feedback_w}))
+        self.popen.stdin.flush()
+        try:
+            line = await asyncio.wait_for(read_feedback_line(feedback_r), self.start_timeout)
+        except TimeoutError:
+            line = b'{"status": "error", "message": "did not report readiness in time"}'
+        message = parse_feedback(line)
+        if message["status"] != "ready":
+            self.kill_group()
+            raise AgentStartupError(f"{self.name}: {message.get('message')}")
+        if self.state is AgentState.STARTING:
+            self.change_state(AgentState.RUNNING)
+        log.debug("%s online, PID %d", self.name, self.pid)
+
+    def _watch_exit(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.popen is not None
+        popen = self.popen
+        pidfd = os.pidfd_open(popen.pid)
+        self._exited = exited = asyncio.Event()
+
+        def on_readable() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            code = popen.poll()
+            if popen.stdin is not None:
+                with contextlib.suppress(OSError):
+                    popen.stdin.close()
+            exited.set()
+            if self.popen is popen:
+                was = self.state
+                self.state = AgentState.STOPPED
+                if was is AgentState.RUNNING:  # a death while starting fails start()
+                    self.on_exit(self, code if code is not None else 0)
+
+        loop.add_reader(pidfd, on_readable)
+
+    def kill_group(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the agent and everything it started (its process group)."""
+        if self.popen is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, sig)
+
+    async def stop(self, timeout: float) -> None:
+        """SIGTERM, wait up to `timeout`, then SIGKILL the whole group."""
+        if self.popen is None or self._exited is None or self.state is AgentState.STOPPED:
+            self.kill_group()
+            return
+        if self.state is not AgentState.STOPPING:
+            self.change_state(AgentState.STOPPING)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.popen.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self._exited.wait(), timeout)
+        except TimeoutError:
+            log.warning("%s (PID %d) did not stop within %.0f s; killing it", self.name,
+                        self.pid, timeout)
+        self.kill_group()
+        await self._exited.wait()
