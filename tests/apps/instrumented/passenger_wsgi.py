@@ -1,0 +1,45 @@
+"""A small instrumented WSGI app for the tests: endpoints that report, sleep, echo,
+stream, print, fail and allocate."""
+
+import json
+import os
+import sys
+import time
+from urllib.parse import parse_qs
+
+_hoard = []
+
+
+def application(environ, start_response):
+    path = environ["PATH_INFO"]
+    query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    headers = [("Content-Type", "text/plain")]
+    if path == "/sleep":
+        time.sleep(float(query.get("s", "0.2")))
+    elif path == "/echo":
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", headers)
+        return [body]
+    elif path == "/stream":
+        start_response("200 OK", headers)
+        return (f"part {i}\n".encode() for i in range(int(query.get("n", "3"))))
+    elif path == "/env":
+        keys = [k for k, v in environ.items() if isinstance(v, str)]
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps({k: environ[k] for k in keys}).encode()]
+    elif path == "/print":
+        print(query.get("line", "hello from the app"))
+        sys.stdout.flush()
+    elif path == "/error":
+        raise RuntimeError("deliberate failure for the test")
+    elif path == "/alloc":
+        block = bytearray(int(query.get("mb", "10")) * 1024 * 1024)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        _hoard.append(block)
+    elif path == "/status":
+        start_response(query.get("code", "204 No Content"), headers)
+        return []
+    body = f"pid={os.getpid()}\n".encode()
+    start_response("200 OK", headers + [("X-Pid", str(os.getpid()))])
+    return [body]

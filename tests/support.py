@@ -1,0 +1,195 @@
+"""Starting a real server for a test, talking to it, and making sure nothing outlives it."""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+BIN = Path(sys.executable).parent
+TESTS = Path(__file__).parent
+HELLO_APP = TESTS.parent / "examples" / "hello"
+INSTRUMENTED_APP = TESTS / "apps" / "instrumented"
+PASSENGER_TITLES = ("PassengerWatchdog", "PassengerHelperAgent", "PassengerLoggingAgent",
+                    "Passenger WsgiApp:", "Passenger AppPreloader:", "Passenger App:")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.02,
+             message: str = "condition") -> Any:
+    """Poll until `predicate()` is truthy; raise with `message` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{message} not reached within {timeout} s")
+        time.sleep(interval)
+
+
+def http_request(port: int, path: str = "/", method: str = "GET", body: bytes | None = None,
+                 headers: dict[str, str] | None = None,
+                 timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def is_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def has_passenger_title(proc: psutil.Process) -> bool:
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return False
+    return cmdline.startswith(PASSENGER_TITLES)
+
+
+class PassengerServer:
+    """A real `passenger start` in its own session and instance registry."""
+
+    def __init__(self, app_root: Path = HELLO_APP, *args: str,
+                 env: dict[str, str] | None = None) -> None:
+        self.app_root = app_root
+        self.args = list(args)
+        self.port = free_port()
+        self.registry = Path(tempfile.mkdtemp(prefix="pt.", dir="/tmp"))
+        self.log_file = self.registry / "passenger.log"
+        self.output_path = self.registry / "console.out"
+        self.env = {**os.environ, "PASSENGER_INSTANCE_REGISTRY_DIR": str(self.registry),
+                    **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.seen_pids: set[int] = set()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self, timeout: float = 20.0, wait_ready: bool = True) -> PassengerServer:
+        self.output = open(self.output_path, "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            [str(BIN / "passenger"), "start", str(self.app_root), "--address", "127.0.0.1",
+             "--port", str(self.port), "--log-file", str(self.log_file), *self.args],
+            stdout=self.output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=self.env, start_new_session=True)
+        self.seen_pids.add(self.proc.pid)
+        if wait_ready:
+            wait_for(self._ready, timeout, interval=0.05, message="server answering")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"passenger start exited with {self.proc.returncode}:\n"
+                               f"{self.console()}")
+        try:
+            http_request(self.port, "/", timeout=2)
+        except OSError:
+            return False
+        return self.instance_dir() is not None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, then SIGKILL everything we ever saw; returns the exit status."""
+        if self.proc is None:
+            return None
+        self.remember_descendants()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid in self.seen_pids:
+            with contextlib.suppress(psutil.Error):
+                psutil.Process(pid).kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        self.output.close()
+        return self.proc.returncode
+
+    def remember_descendants(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.proc.pid).children(recursive=True):
+                self.seen_pids.add(child.pid)
+
+    # -- inspection ------------------------------------------------------------------
+
+    def console(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+    def log(self) -> str:
+        return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
+
+    def instance_dir(self) -> Path | None:
+        found = [p for p in self.registry.glob("passenger.*")
+                 if (p / "creation_finalized").exists()]
+        return found[0] if found else None
+
+    @property
+    def watchdog_pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def agent_pid(self, title: str) -> int:
+        self.remember_descendants()
+        for child in psutil.Process(self.watchdog_pid).children():
+            if has_passenger_title(child) and " ".join(child.cmdline()).startswith(title):
+                return int(child.pid)
+        raise LookupError(f"no {title} under the watchdog")
+
+    def run_tool(self, *argv: str, timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / argv[0]), *argv[1:]], capture_output=True,
+                              text=True, env=self.env, timeout=timeout, check=False)
+
+    def status(self) -> dict[str, Any]:
+        result = self.run_tool("passenger-status", "--show=json")
+        assert result.returncode == 0, result.stderr
+        pool: dict[str, Any] = json.loads(result.stdout)
+        return pool
+
+    def app_pids(self) -> list[int]:
+        pids = [p["pid"] for g in self.status()["groups"] for p in g["processes"]
+                if p["state"] == "enabled"]
+        self.seen_pids.update(pids)
+        return sorted(pids)
+
+    def get(self, path: str = "/", **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
+        return http_request(self.port, path, **kwargs)
+
+
+@contextlib.contextmanager
+def running_server(app_root: Path = HELLO_APP, *args: str,
+                   **kwargs: Any) -> Iterator[PassengerServer]:
+    server = PassengerServer(app_root, *args, **kwargs)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
