@@ -21,7 +21,7 @@ def no_leftover_processes() -> Iterator[None]:
     leftovers = [p for p in psutil.process_iter(["create_time"])
                  if has_passenger_title(p) and p.info["create_time"] >= SESSION_START - 1]
     # An exiting process may still be on its way out: give it a moment.
-    gone, alive = psutil.wait_procs(leftovers, timeout=3)
+    _, alive = psutil.wait_procs(leftovers, timeout=3)
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()

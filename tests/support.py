@@ -121,10 +121,8 @@ class PassengerServer:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
         for pid in self.seen_pids:
             with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).kill()

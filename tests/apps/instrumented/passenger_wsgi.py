@@ -23,10 +23,13 @@ def application(environ, start_response):
     elif path == "/stream":
         start_response("200 OK", headers)
         return (f"part {i}\n".encode() for i in range(int(query.get("n", "3"))))
-    elif path == "/env":
+    elif path.startswith("/env"):
         keys = [k for k, v in environ.items() if isinstance(v, str)]
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps({k: environ[k] for k in keys}).encode()]
+    elif path == "/osenv":
+        start_response("200 OK", [("Content-Type", "application/json")])
+        return [json.dumps(dict(os.environ)).encode()]
     elif path == "/print":
         print(query.get("line", "hello from the app"))
         sys.stdout.flush()
@@ -41,5 +44,5 @@ def application(environ, start_response):
         start_response(query.get("code", "204 No Content"), headers)
         return []
     body = f"pid={os.getpid()}\n".encode()
-    start_response("200 OK", headers + [("X-Pid", str(os.getpid()))])
+    start_response("200 OK", [*headers, ("X-Pid", str(os.getpid()))])
     return [body]

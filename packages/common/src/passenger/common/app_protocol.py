@@ -40,7 +40,7 @@ def encode_request_head(block: bytes) -> bytes:
 def decode_environ(block: bytes) -> dict[str, str]:
     parts = block.decode("latin-1").split("\0")
     it = iter(parts[:-1] if parts and parts[-1] == "" else parts)
-    return dict(zip(it, it))
+    return dict(zip(it, it, strict=False))
 
 
 def encode_chunk(data: bytes) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any, Protocol
 
 from passenger.common.config import ServerConfig
 from passenger.helper_agent.app_process import AppProcess, ProcessState
-from passenger.helper_agent.spawner import SpawnError, Spawner
+from passenger.helper_agent.spawner import Spawner, SpawnError
 
 log = logging.getLogger(__name__)
 SPAWN_RETRY_FIRST = 0.5
@@ -67,10 +68,8 @@ class Group:
 
     def cancel(self, request: PendingRequest) -> None:
         """A queued request whose client went away."""
-        try:
+        with contextlib.suppress(ValueError):
             self.queue.remove(request)
-        except ValueError:
-            pass
 
     def _dispatch_queue(self) -> None:
         while self.queue:

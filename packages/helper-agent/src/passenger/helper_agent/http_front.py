@@ -64,16 +64,24 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-class HeadTooLarge(Exception):
-    pass
-
-
 class Request:
     """One request: queued, then bound to an app process, then relaying its response."""
 
-    __slots__ = ("body_done", "chunked", "conn", "frames", "group", "head_only",
-                 "http10", "keep_alive", "process", "response_started", "done", "host",
-                 "path")
+    __slots__ = (
+        "body_done",
+        "chunked",
+        "conn",
+        "done",
+        "frames",
+        "group",
+        "head_only",
+        "host",
+        "http10",
+        "keep_alive",
+        "path",
+        "process",
+        "response_started",
+    )
 
     def __init__(self, conn: HttpConnection, frames: list[bytes], head_only: bool,
                  keep_alive: bool, http10: bool, host: bytes, path: bytes) -> None:
@@ -194,6 +202,8 @@ class HttpConnection(asyncio.Protocol):
         self.url = b""
         self.headers: list[bytes] = []
         self.head_bytes = 0
+        self.partial_head_bytes = 0
+        self.in_head = False
         self.host = b""
         self.expect_continue = False
         self.current: Request | None = None
@@ -216,15 +226,18 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
-        except HeadTooLarge:
-            self._reject(431, "The request head is larger than "
-                              f"{MAX_HEAD_BYTES} bytes")
         except httptools.HttpParserUpgrade:
             self._reject(400, "Protocol upgrades are not supported")
         except httptools.HttpParserError as exc:
             message = str(exc)
             status = 505 if "version" in message.lower() else 400
             self._reject(status, f"Malformed request: {message}")
+            return
+        # httptools buffers a header until it is complete: bound what it may hold too.
+        if self.in_head:
+            self.partial_head_bytes += len(data)
+        if self.head_bytes > MAX_HEAD_BYTES or self.partial_head_bytes > MAX_HEAD_BYTES:
+            self._reject(431, f"The request head is larger than {MAX_HEAD_BYTES} bytes")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -268,17 +281,14 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._reset_message()
+        self.in_head = True
 
     def on_url(self, url: bytes) -> None:
         self.url += url
         self.head_bytes += len(url)
-        if self.head_bytes > MAX_HEAD_BYTES:
-            raise HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.head_bytes += len(name) + len(value) + 4
-        if self.head_bytes > MAX_HEAD_BYTES:
-            raise HeadTooLarge
         key = name.upper()
         if b"_" in key:
             return  # as Passenger: could be confused with a dash-named header
@@ -295,6 +305,9 @@ class HttpConnection(asyncio.Protocol):
         self.headers += (b"HTTP_" + key, value)
 
     def on_headers_complete(self) -> None:
+        self.in_head = False
+        if self.head_bytes > MAX_HEAD_BYTES:
+            return  # rejected with 431 once the parser returns
         parser = self.parser
         method = parser.get_method()
         url = self.url

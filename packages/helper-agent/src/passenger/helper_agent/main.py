@@ -113,7 +113,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
         try:
             import uvloop
 
-            return uvloop.new_event_loop()  # type: ignore[no-any-return]
+            return uvloop.new_event_loop()
         except ImportError:
             pass
     return asyncio.new_event_loop()

@@ -66,7 +66,7 @@ class Lifeline:
         threading.Thread(target=self._run, name="lifeline", daemon=True).start()
 
     def _run(self) -> None:
-        while sys.stdin.buffer.read1(4096):
+        while os.read(0, 4096):
             pass
         with self.lock:
             self.stop_requested = True

@@ -122,8 +122,8 @@ class AgentProcess:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.popen.pid, sig)
 
-    async def stop(self, timeout: float) -> None:
-        """SIGTERM, wait up to `timeout`, then SIGKILL the whole group."""
+    async def stop(self, grace: float) -> None:
+        """SIGTERM, wait up to `grace` seconds, then SIGKILL the whole group."""
         if self.popen is None or self._exited is None or self.state is AgentState.STOPPED:
             self.kill_group()
             return
@@ -132,9 +132,9 @@ class AgentProcess:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.popen.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(self._exited.wait(), timeout)
+            await asyncio.wait_for(self._exited.wait(), grace)
         except TimeoutError:
             log.warning("%s (PID %d) did not stop within %.0f s; killing it", self.name,
-                        self.pid, timeout)
+                        self.pid, grace)
         self.kill_group()
         await self._exited.wait()

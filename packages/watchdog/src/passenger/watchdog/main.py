@@ -75,7 +75,8 @@ class Watchdog:
             lambda: {"config": config.to_json(), "instance_dir": str(instance.path),
                      "listen_fd": listener.fileno()},
             pass_fds=(listener.fileno(),))
-        self.supervisor = Supervisor([logging_agent, helper_agent])
+        self.supervisor = Supervisor([logging_agent, helper_agent], on_fatal=self._on_fatal)
+        self.fatal_error = ""
         self.stop_requests = 0
         self.stop_event: asyncio.Event | None = None
 
@@ -85,6 +86,11 @@ class Watchdog:
             log.info("Received %s; shutting down gracefully (again to force)", signame)
         else:
             self.supervisor.kill_all()
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+    def _on_fatal(self, message: str) -> None:
+        self.fatal_error = message
         if self.stop_event is not None:
             self.stop_event.set()
 
@@ -101,16 +107,12 @@ class Watchdog:
             return 1
         self.instance.finalize()
         self.print_banner()
-        assert self.supervisor.fatal is not None
-        fatal = asyncio.ensure_future(self.supervisor.fatal)
-        stop = asyncio.ensure_future(self.stop_event.wait())
-        await asyncio.wait([fatal, stop], return_when=asyncio.FIRST_COMPLETED)
-        if fatal.done():
-            print(f"*** ERROR: {fatal.result()}; stopping", file=sys.stderr)
-        stop.cancel()
+        await self.stop_event.wait()
+        if self.fatal_error:
+            print(f"*** ERROR: {self.fatal_error}; stopping", file=sys.stderr)
         await self.supervisor.stop_all({"PassengerHelperAgent": HELPER_STOP_TIMEOUT,
                                         "PassengerLoggingAgent": LOGGING_STOP_TIMEOUT})
-        return 1 if fatal.done() else 0
+        return 1 if self.fatal_error else 0
 
     def print_banner(self) -> None:
         lines = [

@@ -8,6 +8,7 @@ import collections
 import logging
 import signal
 import time
+from collections.abc import Callable
 
 from passenger.watchdog.agent_process import AgentProcess, AgentStartupError
 
@@ -29,7 +30,7 @@ class RestartPolicy:
         while self.failures and now - self.failures[0] > self.window:
             self.failures.popleft()
         excess = len(self.failures) - self.burst
-        return 0.0 if excess < 0 else min(self.cap, 0.5 * 2 ** excess)
+        return 0.0 if excess <= 0 else min(self.cap, 0.5 * 2 ** (excess - 1))
 
 
 def describe_exit(code: int) -> str:
@@ -42,16 +43,15 @@ def describe_exit(code: int) -> str:
 
 
 class Supervisor:
-    def __init__(self, agents: list[AgentProcess]) -> None:
+    def __init__(self, agents: list[AgentProcess], on_fatal: Callable[[str], None]) -> None:
         self.agents = agents  # in start order
         self.policies = {agent.name: RestartPolicy() for agent in agents}
         self.stopping = False
-        self.fatal: asyncio.Future[str] | None = None
+        self.on_fatal = on_fatal
         for agent in agents:
             agent.on_exit = self._on_exit
 
     async def start_all(self) -> None:
-        self.fatal = asyncio.get_running_loop().create_future()
         for agent in self.agents:
             await agent.start()
 
@@ -73,8 +73,7 @@ class Supervisor:
         try:
             await agent.start()
         except AgentStartupError as exc:
-            if self.fatal is not None and not self.fatal.done():
-                self.fatal.set_result(str(exc))
+            self.on_fatal(str(exc))
 
     async def stop_all(self, timeouts: dict[str, float]) -> None:
         self.stopping = True
