@@ -94,7 +94,8 @@ class PassengerServer:
         self.output = open(self.output_path, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
             [str(BIN / "passenger"), "start", str(self.app_root), "--address", "127.0.0.1",
-             "--port", str(self.port), "--log-file", str(self.log_file), *self.args],
+             "--port", str(self.port), "--log-file", str(self.log_file),
+             "--pid-file", str(self.registry / "passenger.pid"), *self.args],
             stdout=self.output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=self.env, start_new_session=True)
         self.seen_pids.add(self.proc.pid)

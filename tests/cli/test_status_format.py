@@ -15,7 +15,7 @@ def snapshot(**group_extra: Any) -> dict[str, Any]:
     return {
         "version": "6.0.17", "server_software": "Phusion_Passenger/6.0.17",
         "instance": "ZXnUDmyA", "now": now, "max_pool_size": 6, "process_count": 2,
-        "requests_in_top_level_queue": 0, "log_records_dropped": 0,
+        "requests_in_top_level_queue": 0, "log_lines_dropped": 0,
         "groups": [{
             "name": "/srv/anchor/hello", "app_root": "/srv/anchor/hello",
             "requests_in_queue": 0, "spawning": 0, "last_spawn_error": "",

@@ -1,18 +1,51 @@
-"""passenger: Passenger Standalone's command.
+"""Passenger Standalone, the easiest way to run web apps.
+
+Usage:
+  passenger <command> [<args>...]
+  passenger (-h | --help)
+  passenger --version
+
+Available commands:
+  passenger start      Start Passenger Standalone.
+  passenger stop       Stop a Passenger Standalone instance.
+  passenger status     Show the status of a running Passenger Standalone instance.
+
+Run 'passenger <command> --help' for more information about each command.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+from docopt import DocoptExit, docopt
+
+from passenger.common import VERSION, pid_file
+from passenger.common.config import OPTIONS, ConfigError, ServerConfig, resolve
+from passenger.common.executables import find_executable
+from passenger.common.startup_protocol import encode_document, parse_feedback
+
+START_USAGE = """Start Passenger Standalone and serve the app in APP_DIR (default: .).
 
 Usage:
   passenger start [APP_DIR] [options]
-  passenger (-h | --help)
-  passenger --version
 
 Server options:
   -a HOST, --address HOST          Bind to the given address. Default: 0.0.0.0
   -p NUMBER, --port NUMBER         Use the given port number. Default: 3000
   -S FILE, --socket FILE           Bind to Unix domain socket instead of TCP socket
+  -d, --daemonize                  Daemonize into the background
+  --pid-file FILE                  Where to store the PID file. Default:
+                                   tmp/pids/passenger.<port>.pid in the app dir if
+                                   tmp/pids/ exists, else passenger.<port>.pid there
   --log-file PATH                  Where to write log messages. Default:
                                    log/passenger.<port>.log in the app dir if log/
                                    exists, else passenger.<port>.log there
   --log-level LEVEL                debug, info, warning or error. Default: info
+  --access-log PATH                Write an access log (combined format, then the
+                                   request's duration in seconds and the app PID)
   --instance-registry-dir PATH     Use the given instance registry directory
 
 Application loading options:
@@ -26,23 +59,37 @@ Process management options:
   --min-instances NUMBER           Minimum number of processes per application. Default: 1
   --start-timeout SECONDS          Time an application process may take to start.
                                    Default: 90
+  --graceful-timeout SECONDS       On stop, time in-flight requests may take to finish
+                                   before their processes are stopped. Default: 30
 
 Every option can also be set as PASSENGER_<OPTION> in the environment (for example
 PASSENGER_MAX_POOL_SIZE=4) or in Passengerfile.json in the app dir ({"max_pool_size": 4});
 the command line wins over the environment, which wins over the file.
 """
 
-from __future__ import annotations
+STOP_USAGE = """Stop a running Passenger Standalone instance, found by its PID file.
 
-import os
-import sys
+Usage:
+  passenger stop [APP_DIR] [options]
 
-from docopt import DocoptExit, docopt
+Options:
+  -p NUMBER, --port NUMBER     The port number of the instance. Default: 3000
+  --pid-file FILE              PID file of the running instance
+  -i, --ignore-pid-not-found   Don't fail if the PID file cannot be found
+"""
 
-from passenger.common import VERSION
-from passenger.common.config import OPTIONS, ConfigError, resolve
-from passenger.common.executables import find_executable
-from passenger.common.startup_protocol import encode_document
+STATUS_USAGE = """Show the status of a running Passenger Standalone instance.
+
+Usage:
+  passenger status [APP_DIR] [options]
+
+Options:
+  -p NUMBER, --port NUMBER     The port number of the instance. Default: 3000
+  --pid-file FILE              PID file of the running instance
+"""
+
+STOP_TIMEOUT = 120.0  # covers --graceful-timeout's default and the app processes' exit
+DAEMON_START_TIMEOUT = 300.0
 
 
 def cli_values(args: dict[str, object]) -> dict[str, object]:
@@ -51,7 +98,8 @@ def cli_values(args: dict[str, object]) -> dict[str, object]:
         if key.startswith("--"):
             name = key[2:].replace("-", "_")
             if name in OPTIONS:
-                values[name] = value
+                # An absent flag is "not given", so that lower-precedence sources count.
+                values[name] = None if value is False else value
     return values
 
 
@@ -62,21 +110,107 @@ def start(args: dict[str, object]) -> None:
     except (ConfigError, FileNotFoundError) as exc:
         print(f"passenger start: {exc}", file=sys.stderr)
         sys.exit(1)
-    read_fd, write_fd = os.pipe()
-    os.write(write_fd, encode_document({"config": config.to_json()}))
-    os.close(write_fd)
-    os.set_inheritable(read_fd, True)
-    os.execv(watchdog, [watchdog, "--config-fd", str(read_fd)])
+    config_r, config_w = os.pipe()
+    os.write(config_w, encode_document({"config": config.to_json()}))
+    os.close(config_w)
+    os.set_inheritable(config_r, True)
+    argv = [watchdog, "--config-fd", str(config_r)]
+    if not config.daemonize:
+        os.execv(watchdog, argv)
+    ready_r, ready_w = os.pipe()
+    if os.fork() == 0:  # the daemon: its own session, no terminal
+        os.setsid()
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.close(ready_r)
+        os.set_inheritable(ready_w, True)
+        os.execv(watchdog, [*argv, "--ready-fd", str(ready_w)])
+    os.close(ready_w)
+    os.close(config_r)
+    sys.exit(wait_for_daemon(ready_r))
 
 
-def main(argv: list[str] | None = None) -> None:
+def wait_for_daemon(ready_fd: int) -> int:
+    """Print the daemon's banner once it is ready, or its error."""
+    with os.fdopen(ready_fd, "rb") as f:
+        report = parse_feedback(f.readline())
+    if report["status"] == "ready":
+        print(report.get("banner", ""))
+        return 0
+    print(f"*** ERROR: {report.get('message')}", file=sys.stderr)
+    return 1
+
+
+def locate_pid_file(args: dict[str, object]) -> str:
+    if args.get("--pid-file"):
+        return os.path.abspath(str(args["--pid-file"]))
+    app_root = os.path.abspath(str(args["APP_DIR"] or "."))
+    port = args["--port"] or os.environ.get("PASSENGER_PORT") or 3000
     try:
-        args = docopt(__doc__, argv=argv, version=f"Passenger {VERSION}")
+        config = ServerConfig.from_json({"app_root": app_root, "port": port})
+    except ConfigError as exc:
+        print(f"passenger: {exc}", file=sys.stderr)
+        sys.exit(2)
+    return config.default_pid_file()
+
+
+def running_pid(path: str) -> int | None:
+    pid = pid_file.read_pid(path)
+    return pid if pid is not None and pid_file.pid_alive(pid) else None
+
+
+def stop(args: dict[str, object]) -> None:
+    path = locate_pid_file(args)
+    pid = running_pid(path)
+    if pid is None:
+        if args.get("--ignore-pid-not-found"):
+            return
+        why = "stale PID file" if os.path.exists(path) else "no PID file"
+        print(f"passenger stop: Passenger Standalone is not running ({why} at {path})",
+              file=sys.stderr)
+        sys.exit(1)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while pid_file.pid_alive(pid) and os.path.exists(path):
+        if time.monotonic() > deadline:
+            print(f"passenger stop: PID {pid} did not stop within {STOP_TIMEOUT:.0f} s",
+                  file=sys.stderr)
+            sys.exit(1)
+        time.sleep(0.05)
+
+
+def status(args: dict[str, object]) -> None:
+    path = locate_pid_file(args)
+    pid = running_pid(path)
+    if pid is None:
+        print(f"Passenger Standalone is not running, according to PID file {path}")
+        sys.exit(1)
+    print(f"Passenger Standalone is running on PID {pid}, according to PID file {path}")
+
+
+COMMANDS = {"start": (START_USAGE, start), "stop": (STOP_USAGE, stop),
+            "status": (STATUS_USAGE, status)}
+
+
+def parse(usage: str, argv: list[str], **kwargs: object) -> dict[str, object]:
+    try:
+        return dict(docopt(usage, argv=argv, **kwargs))  # type: ignore[arg-type]
     except DocoptExit as exc:
         print(exc, file=sys.stderr)
         sys.exit(2)
-    if args["start"]:
-        start(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    top = parse(__doc__ or "", argv, version=f"Passenger {VERSION}", options_first=True)
+    command = str(top["<command>"])
+    if command not in COMMANDS:
+        print(f"passenger: unknown command {command!r}; allowed: {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        sys.exit(2)
+    usage, run = COMMANDS[command]
+    run(parse(usage, argv))
 
 
 if __name__ == "__main__":

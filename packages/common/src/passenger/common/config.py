@@ -45,6 +45,11 @@ class ServerConfig:
                                  minimum=1, maximum=86400)
     startup_file: str = _option("passenger_wsgi.py", "The WSGI file that defines `application`")
     log_file: str = _option("", "Where to write log messages (default: in the app dir)")
+    access_log: str = _option("", "Where to write the access log (default: none)")
+    pid_file: str = _option("", "Where to store the PID file (default: in the app dir)")
+    daemonize: bool = _option(False, "Daemonize into the background")
+    graceful_timeout: int = _option(30, "Seconds in-flight requests may take to finish when "
+                                        "stopping", minimum=0, maximum=3600)
     log_level: str = _option("info", "Least severe log level written",
                              choices=("debug", "info", "warning", "error"))
     instance_registry_dir: str = _option("", "Directory that holds instance directories")
@@ -65,11 +70,18 @@ class ServerConfig:
 
     def default_log_file(self) -> str:
         """Passenger Standalone's default: `log/passenger.<port>.log` if `log/` exists."""
-        if self.log_file:
-            return self.log_file
-        name = f"passenger.{self.port}.log"
-        log_dir = Path(self.app_root) / "log"
-        return str(log_dir / name if log_dir.is_dir() else Path(self.app_root) / name)
+        return self.log_file or standalone_file(self.app_root, "log", f"passenger.{self.port}.log")
+
+    def default_pid_file(self) -> str:
+        """Passenger Standalone's default: `tmp/pids/passenger.<port>.pid` if that dir exists."""
+        return self.pid_file or standalone_file(self.app_root, "tmp/pids",
+                                                f"passenger.{self.port}.pid")
+
+
+def standalone_file(app_root: str, preferred_dir: str, name: str) -> str:
+    """`<app>/<preferred_dir>/<name>` when that directory exists, else `<app>/<name>`."""
+    directory = Path(app_root) / preferred_dir
+    return str(directory / name if directory.is_dir() else Path(app_root) / name)
 
 
 OPTIONS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(ServerConfig)}
@@ -85,18 +97,28 @@ def env_name(name: str) -> str:
 
 def _convert(name: str, raw: Any, where: str) -> Any:
     opt = OPTIONS[name]
-    kind = type(opt.default)
+    kind: type = type(opt.default)
     meta = opt.metadata
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{where}: {raw!r} is not a boolean; allowed: true, false")
     if kind is int:
+        low, high = meta["minimum"], meta["maximum"]
+        allowed = f"allowed: {low}..{high}"
         if isinstance(raw, bool) or not isinstance(raw, (int, str)):
-            raise ConfigError(f"{where}: {raw!r} is not an integer")
+            raise ConfigError(f"{where}: {raw!r} is not an integer; {allowed}")
         try:
             value = int(raw)
         except ValueError:
-            raise ConfigError(f"{where}: {raw!r} is not an integer") from None
-        low, high = meta["minimum"], meta["maximum"]
+            raise ConfigError(f"{where}: {raw!r} is not an integer; {allowed}") from None
         if (low is not None and value < low) or (high is not None and value > high):
-            raise ConfigError(f"{where}: {value} is out of range; allowed: {low}..{high}")
+            raise ConfigError(f"{where}: {value} is out of range; {allowed}")
         return value
     if not isinstance(raw, str):
         raise ConfigError(f"{where}: {raw!r} is not a string")

@@ -8,7 +8,8 @@ Layout (Passenger 6 names where they fit)::
         creation_finalized   written last; a directory without it is still being created
         watchdog.pid
         admin.sock           helper agent admin API (HTTP/1.1 + JSON)
-        logging.fifo         log records for the logging agent
+        logging.fifo         main log lines for the logging agent
+        access.fifo          access log lines for the logging agent
         apps/                one Unix socket per app process
 
 An instance whose `lock` can be taken is stale: its watchdog is gone.
@@ -51,6 +52,10 @@ class InstanceDir:
     @property
     def logging_fifo(self) -> Path:
         return self.path / "logging.fifo"
+
+    @property
+    def access_fifo(self) -> Path:
+        return self.path / "access.fifo"
 
     @property
     def apps_dir(self) -> Path:
@@ -106,7 +111,6 @@ class OwnedInstanceDir(InstanceDir):
         lock_fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         (path / "apps").mkdir(mode=0o700)
-        os.mkfifo(path / "logging.fifo", 0o600)
         (path / "watchdog.pid").write_text(f"{os.getpid()}\n")
         alphabet = string.ascii_letters + string.digits
         props = {

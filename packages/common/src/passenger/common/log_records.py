@@ -1,86 +1,118 @@
-"""Log records on the named pipe `<instance>/logging.fifo`, read by the logging agent.
+"""Log lines on the named pipes `<instance>/logging.fifo` (main log) and
+`<instance>/access.fifo` (access log), read by the logging agent.
 
-Frame: one JSON object per line, UTF-8, each line at most PIPE_BUF bytes so that the
-kernel writes it atomically and concurrent writers never interleave::
+Frame: finished log lines, UTF-8, each ending in "\\n". One `write()` carries one or more
+whole lines and at most PIPE_BUF bytes, so the kernel writes it atomically: lines of
+concurrent writers never interleave. A message longer than PIPE_BUF is split at line
+boundaries into several writes (a single line longer than that is cut into pieces, each
+ending in " ↩" and continued on the next line).
 
-    {"t": 1795797719.82, "pid": 10103, "lvl": "I", "src": "pool", "msg": "text"}\n
-    {"t": 1795797719.90, "pid": 10125, "app": 1, "msg": "a line the app printed"}\n
+Why finished lines rather than structured records: the logging agent moves bytes from the
+pipe into the file with splice(2), so a line is either still in the pipe or already in
+the file. A `kill -9` of the logging agent can then neither lose nor duplicate a line.
 
-A message too long for one line is cut to fit and marked with "…[truncated]".
-Writers never block: `FifoLogWriter` keeps records in a bounded buffer while no reader
-has the pipe open (the logging agent is down or restarting) and counts what overflows.
+Writers never block: `LogLineWriter` keeps lines in a bounded buffer while the pipe is
+full, and counts what overflows. The watchdog keeps each pipe open for its lifetime, so
+lines written while the logging agent restarts wait in the pipe.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
-import json
+import fcntl
 import logging
 import os
 import select
 import time
-from typing import Any
 
 PIPE_BUF = select.PIPE_BUF
-TRUNCATED = "…[truncated]"
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = 1031
+CONTINUED = " ↩"
 LEVEL_LETTERS = {logging.DEBUG: "D", logging.INFO: "I", logging.WARNING: "W",
                  logging.ERROR: "E", logging.CRITICAL: "C"}
 
 
-def encode_record(record: dict[str, Any]) -> bytes:
-    line = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-    if len(line) <= PIPE_BUF:
-        return line
-    msg = str(record.get("msg", ""))
-    excess = len(line) - PIPE_BUF + len(TRUNCATED.encode()) + 8
-    cut = msg.encode()[: max(0, len(msg.encode()) - excess)].decode(errors="ignore")
-    return encode_record({**record, "msg": cut + TRUNCATED})
+def timestamp(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1e4):04d}"
 
 
-def decode_record(line: bytes) -> dict[str, Any] | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and "msg" in record else None
+def agent_line(level: str, pid: int, source: str, message: str, t: float | None = None) -> str:
+    """Passenger's layout: `[ I 2026-11-27 16:41:59.8271 10103 pool ]: message`."""
+    return f"[ {level} {timestamp(time.time() if t is None else t)} {pid} {source} ]: {message}"
 
 
-def app_output_record(pid: int, line: str) -> dict[str, Any]:
-    return {"t": time.time(), "pid": pid, "app": 1, "msg": line}
+def app_output_line(pid: int, line: str) -> str:
+    return f"App {pid} output: {line}"
 
 
-class FifoLogWriter:
-    """Non-blocking writer of records to the logging agent's FIFO, with a bounded buffer."""
+def frame_lines(text: str) -> list[bytes]:
+    """Split `text` into writes of whole lines, each at most PIPE_BUF bytes."""
+    pieces: list[bytes] = []
+    for line in text.split("\n"):
+        data = line.encode("utf-8", "replace")
+        while len(data) + 1 > PIPE_BUF:
+            cut = PIPE_BUF - 1 - len(CONTINUED.encode())
+            while cut and (data[cut] & 0xC0) == 0x80:  # never split a UTF-8 character
+                cut -= 1
+            pieces.append(data[:cut] + CONTINUED.encode() + b"\n")
+            data = data[cut:]
+        pieces.append(data + b"\n")
+    writes: list[bytes] = []
+    for piece in pieces:
+        if writes and len(writes[-1]) + len(piece) <= PIPE_BUF:
+            writes[-1] += piece
+        else:
+            writes.append(piece)
+    return writes
+
+
+def create_pipe(path: str) -> int:
+    """Make the FIFO and hold it open read-write: while this fd lives the pipe (and what is
+    buffered in it) survives the reader's death, and writers never see EPIPE."""
+    os.mkfifo(path, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    with contextlib.suppress(OSError):  # a smaller pipe only means writers buffer sooner
+        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+    return fd
+
+
+class LogLineWriter:
+    """Non-blocking writer of lines to a logging pipe, with a bounded buffer."""
 
     def __init__(self, fifo_path: str, max_buffered: int = 10_000) -> None:
         self.fifo_path = fifo_path
         self.pending: collections.deque[bytes] = collections.deque()
         self.max_buffered = max_buffered
-        self.dropped = 0
+        self.dropped = 0          # since the last report in the log
+        self.dropped_total = 0    # for passenger-status
         self._fd = -1
 
-    def write(self, record: dict[str, Any]) -> None:
-        if len(self.pending) >= self.max_buffered:
-            self.dropped += 1
-        else:
-            self.pending.append(encode_record(record))
+    def write(self, text: str) -> None:
+        for data in frame_lines(text):
+            if len(self.pending) >= self.max_buffered:
+                self.dropped += 1
+                self.dropped_total += 1
+            else:
+                self.pending.append(data)
         self.flush()
 
     def flush(self) -> bool:
         """Deliver what is buffered; returns True when nothing is left."""
         if self.dropped and self._ensure_open():
             dropped, self.dropped = self.dropped, 0
-            self.pending.appendleft(encode_record({
-                "t": time.time(), "pid": os.getpid(), "lvl": "W", "src": "log",
-                "msg": f"{dropped} log records were dropped while the logging agent was away"}))
+            self.pending.appendleft(frame_lines(agent_line(
+                "W", os.getpid(), "log", f"{dropped} log lines were dropped while the "
+                                         f"logging pipe was full"))[0])
         while self.pending and self._ensure_open():
             try:
                 os.write(self._fd, self.pending[0])
             except BlockingIOError:
                 return False
             except OSError as exc:
-                if exc.errno != errno.EPIPE:
+                if exc.errno not in (errno.EPIPE, errno.EBADF):
                     raise
                 self._close()
                 return False
@@ -92,7 +124,7 @@ class FifoLogWriter:
             return True
         try:
             self._fd = os.open(self.fifo_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:  # ENXIO: no reader yet; ENOENT: instance being removed
+        except OSError:  # ENXIO: no reader; ENOENT: the instance is being removed
             return False
         return True
 
@@ -106,10 +138,10 @@ class FifoLogWriter:
         self._close()
 
 
-class FifoLogHandler(logging.Handler):
-    """Sends Python logging records to the logging agent."""
+class LogLineHandler(logging.Handler):
+    """Sends Python logging records to the main log, in Passenger's line layout."""
 
-    def __init__(self, writer: FifoLogWriter) -> None:
+    def __init__(self, writer: LogLineWriter) -> None:
         super().__init__()
         self.writer = writer
 
@@ -118,9 +150,8 @@ class FifoLogHandler(logging.Handler):
             msg = record.getMessage()
             if record.exc_info:
                 msg += "\n" + logging.Formatter().formatException(record.exc_info)
-            self.writer.write({
-                "t": record.created, "pid": record.process or os.getpid(),
-                "lvl": LEVEL_LETTERS.get(record.levelno, "I"),
-                "src": record.name.rsplit(".", 1)[-1], "msg": msg})
+            self.writer.write(agent_line(LEVEL_LETTERS.get(record.levelno, "I"),
+                                         record.process or os.getpid(),
+                                         record.name.rsplit(".", 1)[-1], msg, record.created))
         except Exception:
             self.handleError(record)

@@ -11,6 +11,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -22,7 +23,6 @@ from passenger.helper_agent.spawner import Spawner, SpawnError
 log = logging.getLogger(__name__)
 SPAWN_RETRY_FIRST = 0.5
 SPAWN_RETRY_MAX = 30.0
-SHUTDOWN_KILL_AFTER = 5.0
 
 
 class PendingRequest(Protocol):
@@ -177,8 +177,9 @@ class Group:
 
     # -- shutdown --------------------------------------------------------------------
 
-    async def stop(self, kill_after: float = SHUTDOWN_KILL_AFTER) -> None:
-        """Stop every process: lifeline first (finish the request), SIGKILL after a bound."""
+    async def stop(self, kill_after: float) -> None:
+        """Stop every process (in-flight requests have had their time): lifeline closed
+        and SIGTERM, then SIGKILL after `kill_after` seconds."""
         self.stopping = True
         if self.spawn_task is not None:
             self.spawn_task.cancel()
@@ -187,8 +188,8 @@ class Group:
         for p in list(self.processes):
             if p.state is ProcessState.ENABLED:
                 p.change_state(ProcessState.SHUTTING_DOWN)
-            if p.sessions == 0:
-                p.stop_gracefully()
+            p.stop_gracefully()
+            p.kill(signal.SIGTERM)
         deadline = time.monotonic() + kill_after
         while self.processes and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from passenger.common import app_protocol as proto
+from passenger.common.log_records import LogLineWriter
 from passenger.helper_agent.app_process import AppProcess
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ NO_BODY_STATUSES = frozenset((204, 304))
 SKIPPED_HEADERS = frozenset((b"TRANSFER_ENCODING",))
 
 _date_cache: list[object] = [0, b""]
+_clf_cache: list[object] = [0, ""]
 
 
 def http_date() -> bytes:
@@ -40,6 +42,21 @@ def http_date() -> bytes:
         _date_cache[0] = now
         _date_cache[1] = email.utils.formatdate(now, usegmt=True).encode()
     return _date_cache[1]  # type: ignore[return-value]
+
+
+def clf_time() -> str:
+    """The combined log format's `[27/Nov/2026:17:53:27 +0000]` time, cached per second."""
+    now = int(time.time())
+    if _clf_cache[0] != now:
+        _clf_cache[0] = now
+        _clf_cache[1] = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(now))
+    return _clf_cache[1]  # type: ignore[return-value]
+
+
+def _quoted(value: bytes) -> str:
+    if not value:
+        return "-"
+    return value.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
 
 
 REASONS = {400: "Bad Request", 404: "Not Found", 413: "Content Too Large",
@@ -67,21 +84,9 @@ def _escape(text: str) -> str:
 class Request:
     """One request: queued, then bound to an app process, then relaying its response."""
 
-    __slots__ = (
-        "body_done",
-        "chunked",
-        "conn",
-        "done",
-        "frames",
-        "group",
-        "head_only",
-        "host",
-        "http10",
-        "keep_alive",
-        "path",
-        "process",
-        "response_started",
-    )
+    __slots__ = ("body_done", "bytes_sent", "chunked", "conn", "done", "frames", "group",
+                 "head_only", "host", "http10", "keep_alive", "path", "process",
+                 "response_started", "started", "status")
 
     def __init__(self, conn: HttpConnection, frames: list[bytes], head_only: bool,
                  keep_alive: bool, http10: bool, host: bytes, path: bytes) -> None:
@@ -98,6 +103,9 @@ class Request:
         self.done = False
         self.process: AppProcess | None = None
         self.group: Group | None = None
+        self.started = time.monotonic()
+        self.status = 0
+        self.bytes_sent = 0
 
     # -- request body ---------------------------------------------------------------
 
@@ -126,7 +134,10 @@ class Request:
         if self.done:
             return
         self.keep_alive = False
-        self.conn.write(error_response(status, reason, close=True, head_only=self.head_only))
+        response = error_response(status, reason, close=True, head_only=self.head_only)
+        self.status = status
+        self.bytes_sent = len(response) - response.index(b"\r\n\r\n") - 4
+        self.conn.write(response)
         self._finish()
 
     # -- from the app channel ------------------------------------------------------
@@ -137,6 +148,7 @@ class Request:
             status = int(head[:3])
         except ValueError:
             status = 200
+        self.status = status
         extra = b""
         if content_length >= 0:
             extra = b"Content-Length: %d\r\n" % content_length
@@ -156,6 +168,7 @@ class Request:
         self.conn.write(b"HTTP/1.1 " + head + extra + b"\r\n")
 
     def on_response_body(self, data: bytes) -> None:
+        self.bytes_sent += len(data)
         if self.chunked:
             self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
@@ -184,8 +197,10 @@ class Request:
 class HttpConnection(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, access_log: LogLineWriter | None = None) -> None:
         self.pool = pool
+        self.access_log = access_log
+        self.request_lines: dict[Request, tuple[bytes, bytes, bytes]] = {}
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.requests: collections.deque[Request] = collections.deque()
@@ -205,6 +220,8 @@ class HttpConnection(asyncio.Protocol):
         self.partial_head_bytes = 0
         self.in_head = False
         self.host = b""
+        self.referer = b""
+        self.user_agent = b""
         self.expect_continue = False
         self.current: Request | None = None
 
@@ -298,6 +315,10 @@ class HttpConnection(asyncio.Protocol):
             return
         if key == b"HOST":
             self.host = value
+        elif key == b"REFERER":
+            self.referer = value
+        elif key == b"USER_AGENT":
+            self.user_agent = value
         elif key == b"EXPECT" and value.lower() == b"100-continue":
             self.expect_continue = True
         elif key in SKIPPED_HEADERS:
@@ -330,6 +351,10 @@ class HttpConnection(asyncio.Protocol):
                           http10=version == "1.0", host=self.host, path=path)
         self.current = request
         self.requests.append(request)
+        if self.access_log is not None:
+            self.request_lines[request] = (
+                method + b" " + url + b" HTTP/" + version.encode(), self.referer,
+                self.user_agent)
         if self.expect_continue and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if len(self.requests) == 1:
@@ -353,6 +378,8 @@ class HttpConnection(asyncio.Protocol):
         request.group = self.pool.route(request, request.host, request.path)
 
     def request_finished(self, request: Request) -> None:
+        if self.access_log is not None:
+            self._log_access(request)
         if not self.requests or self.requests[0] is not request:
             return
         self.requests.popleft()
@@ -370,6 +397,18 @@ class HttpConnection(asyncio.Protocol):
         if self.reading_paused and len(self.requests) <= MAX_PIPELINED:
             self.reading_paused = False
             self.transport.resume_reading()
+
+
+    def _log_access(self, request: Request) -> None:
+        """Combined log format, then the request's duration in seconds and the PID of the
+        process that served it."""
+        assert self.access_log is not None
+        line, referer, agent = self.request_lines.pop(request, (b"-", b"", b""))
+        pid = request.process.pid if request.process is not None else "-"
+        self.access_log.write(
+            f"{self.remote_addr.decode()} - - {clf_time()} \"{_quoted(line)}\" "
+            f"{request.status or '-'} {request.bytes_sent} \"{_quoted(referer)}\" "
+            f"\"{_quoted(agent)}\" {time.monotonic() - request.started:.6f} {pid}")
 
 
 def _unquote(path: bytes) -> bytes:

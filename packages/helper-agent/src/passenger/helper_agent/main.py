@@ -17,7 +17,7 @@ from pathlib import Path
 
 from passenger.common.config import ServerConfig
 from passenger.common.instance_dir import InstanceDir
-from passenger.common.log_records import FifoLogHandler, FifoLogWriter
+from passenger.common.log_records import LogLineHandler, LogLineWriter
 from passenger.common.process_title import HELPER_AGENT, set_title
 from passenger.common.startup_protocol import read_startup_document, report_error, report_ready
 from passenger.helper_agent.admin_api import AdminConnection
@@ -25,7 +25,8 @@ from passenger.helper_agent.http_front import HttpConnection
 from passenger.helper_agent.pool import Pool
 
 log = logging.getLogger("passenger.helper_agent.main")
-GRACEFUL_TIMEOUT = 30.0
+APP_STOP_TIMEOUT = 5.0  # after in-flight requests: SIGTERM, then SIGKILL after this
+ORPHAN_STOP_TIMEOUT = 1.0  # when the watchdog is gone: be quick
 LOG_FLUSH_INTERVAL = 0.2
 
 
@@ -35,24 +36,27 @@ class HelperAgent:
         self.instance = InstanceDir(Path(str(doc["instance_dir"])))
         self.listen_fd = int(doc["listen_fd"])  # type: ignore[call-overload]
         self.feedback_fd = int(doc["feedback_fd"])  # type: ignore[call-overload]
-        self.log_writer = FifoLogWriter(str(self.instance.logging_fifo))
+        self.log_writer = LogLineWriter(str(self.instance.logging_fifo))
         self.stop_reason = ""
         self.stopped: asyncio.Event | None = None
 
     def configure_logging(self) -> None:
         root = logging.getLogger()
-        root.handlers[:] = [FifoLogHandler(self.log_writer)]
+        root.handlers[:] = [LogLineHandler(self.log_writer)]
         root.setLevel(self.config.log_level.upper())
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.stopped = asyncio.Event()
+        access_log = (LogLineWriter(str(self.instance.access_fifo))
+                      if self.config.access_log else None)
         pool = Pool(self.config, self.instance.apps_dir, self.log_writer,
                     self.instance.name)
         for stale in self.instance.apps_dir.glob("wsgi.*"):
             stale.unlink(missing_ok=True)
         listener = socket.socket(fileno=self.listen_fd)
-        server = await loop.create_server(lambda: HttpConnection(pool), sock=listener,
+        server = await loop.create_server(lambda: HttpConnection(pool, access_log),
+                                          sock=listener,
                                           backlog=2048)
         admin_path = str(self.instance.admin_socket)
         with contextlib.suppress(FileNotFoundError):
@@ -69,7 +73,7 @@ class HelperAgent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, f"signal {sig.name}")
         loop.add_reader(sys.stdin.fileno(), self._check_lifeline)
-        flusher = loop.create_task(self._flush_logs())
+        flusher = loop.create_task(self._flush_logs(access_log))
         pool.start()
         report_ready(self.feedback_fd, admin_socket=admin_path, pid=os.getpid())
         log.info("Helper agent online, PID %d, serving %s", os.getpid(), self.config.app_root)
@@ -78,12 +82,21 @@ class HelperAgent:
         log.info("Helper agent shutting down (%s)", self.stop_reason)
         server.close()
         admin.close()
-        if self.stop_reason != "lifeline":
-            deadline = loop.time() + GRACEFUL_TIMEOUT
+        if self.stop_reason == "lifeline":
+            log.warning("The watchdog is gone; stopping every app process now")
+            await pool.stop(ORPHAN_STOP_TIMEOUT)
+        else:
+            deadline = loop.time() + self.config.graceful_timeout
             while pool.busy_sessions() and loop.time() < deadline:
                 await asyncio.sleep(0.02)
-        await pool.stop()
+            if pool.busy_sessions():
+                log.warning("%d requests still running after --graceful-timeout %d s; "
+                            "stopping their processes", pool.busy_sessions(),
+                            self.config.graceful_timeout)
+            await pool.stop(APP_STOP_TIMEOUT)
         flusher.cancel()
+        if access_log is not None:
+            access_log.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(admin_path)
         log.info("Helper agent stopped")
@@ -100,11 +113,14 @@ class HelperAgent:
             asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
             self._request_stop("lifeline")
 
-    async def _flush_logs(self) -> None:
+    async def _flush_logs(self, access_log: LogLineWriter | None) -> None:
+        """Deliver lines buffered while a logging pipe was full."""
+        writers = [w for w in (self.log_writer, access_log) if w is not None]
         while True:
             await asyncio.sleep(LOG_FLUSH_INTERVAL)
-            if self.log_writer.pending or self.log_writer.dropped:
-                self.log_writer.flush()
+            for writer in writers:
+                if writer.pending or writer.dropped:
+                    writer.flush()
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

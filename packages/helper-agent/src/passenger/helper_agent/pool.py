@@ -9,14 +9,14 @@ from typing import Any
 
 from passenger.common import SERVER_SOFTWARE, VERSION
 from passenger.common.config import ServerConfig
-from passenger.common.log_records import FifoLogWriter
+from passenger.common.log_records import LogLineWriter
 from passenger.common.procfs import ProcessGone, ProcFS
 from passenger.helper_agent.group import Group, PendingRequest
 from passenger.helper_agent.spawner import Spawner
 
 
 class Pool:
-    def __init__(self, config: ServerConfig, apps_dir: Path, log_writer: FifoLogWriter,
+    def __init__(self, config: ServerConfig, apps_dir: Path, log_writer: LogLineWriter,
                  instance_name: str) -> None:
         self.config = config
         self.instance_name = instance_name
@@ -50,8 +50,8 @@ class Pool:
     def busy_sessions(self) -> int:
         return sum(p.sessions for g in self.groups.values() for p in g.processes)
 
-    async def stop(self) -> None:
-        await asyncio.gather(*(g.stop() for g in self.groups.values()))
+    async def stop(self, kill_after: float) -> None:
+        await asyncio.gather(*(g.stop(kill_after) for g in self.groups.values()))
 
     def _metrics(self, pid: int) -> dict[str, Any]:
         try:
@@ -69,6 +69,6 @@ class Pool:
             "process_count": sum(len(g["processes"]) for g in groups),
             "capacity_used": self.capacity_used(),
             "requests_in_top_level_queue": 0,
-            "log_records_dropped": self.log_writer.dropped,
+            "log_lines_dropped": self.log_writer.dropped_total,
             "groups": groups,
         }

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from passenger.common import app_protocol
 from passenger.common.config import ServerConfig
-from passenger.common.log_records import FifoLogWriter, app_output_record
+from passenger.common.log_records import LogLineWriter, app_output_line
 from passenger.common.process_title import WSGI_APP_PREFIX
 from passenger.common.startup_protocol import (
     encode_document,
@@ -48,7 +48,7 @@ class ProcessOwner(Protocol):
 
 
 class Spawner:
-    def __init__(self, config: ServerConfig, apps_dir: Path, log_writer: FifoLogWriter,
+    def __init__(self, config: ServerConfig, apps_dir: Path, log_writer: LogLineWriter,
                  owner: ProcessOwner) -> None:
         self.config = config
         self.apps_dir = apps_dir
@@ -140,7 +140,7 @@ class Spawner:
                 lines = [line for line in lines if line]
             for raw in lines:
                 line = raw.decode("utf-8", "replace").rstrip("\r")
-                self.log_writer.write(app_output_record(process.pid, line))
+                self.log_writer.write(app_output_line(process.pid, line))
                 if process.state is ProcessState.SPAWNING:
                     kept.append(line)
                     del kept[:-MAX_OUTPUT_KEPT]

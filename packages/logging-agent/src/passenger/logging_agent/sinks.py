@@ -1,61 +1,60 @@
-"""Where log records end up: the main log file, and the terminal in the foreground."""
+"""A log channel: one named pipe drained into one file with splice(2), so a line is always
+either in the pipe or in the file (see `passenger.common.log_records`)."""
 
 from __future__ import annotations
 
 import os
-import sys
-import time
-from typing import Any, TextIO
+from typing import BinaryIO
+
+SPLICE_CHUNK = 1 << 20
 
 
-def format_record(record: dict[str, Any]) -> str:
-    """Passenger's line layouts: `App 1234 output: ...` and `[ I <time> <pid> <src> ]: ...`."""
-    msg = str(record.get("msg", ""))
-    if record.get("app"):
-        return f"App {record.get('pid', '?')} output: {msg}"
-    t = float(record.get("t", time.time()))
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1e4):04d}"
-    return f"[ {record.get('lvl', 'I')} {stamp} {record.get('pid', '?')} " \
-           f"{record.get('src', '')} ]: {msg}"
+def open_log_file(path: str) -> int:
+    """No O_APPEND (splice refuses it); we are the file's only writer and start at its end."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # read: for echo
+    os.lseek(fd, 0, os.SEEK_END)
+    return fd
 
 
-class LogFile:
-    """An append-only file, reopened by path on demand (logrotate)."""
+class LogChannel:
+    def __init__(self, fifo_path: str, file_path: str, echo: BinaryIO | None = None) -> None:
+        self.fifo_path = fifo_path
+        self.file_path = file_path
+        self.file_fd = open_log_file(file_path)
+        self.fifo_fd = os.open(fifo_path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.echo = echo
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.stream: TextIO = self._open()
+    def pump(self) -> int:
+        """Move everything the pipe holds into the file; returns the bytes moved."""
+        moved = 0
+        while True:
+            start = os.lseek(self.file_fd, 0, os.SEEK_CUR)
+            try:
+                n = os.splice(self.fifo_fd, self.file_fd, SPLICE_CHUNK,
+                              flags=os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:
+                return moved
+            if n == 0:
+                return moved
+            moved += n
+            if self.echo is not None:
+                self._echo(os.pread(self.file_fd, n, start))
 
-    def _open(self) -> TextIO:
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        return os.fdopen(fd, "a", encoding="utf-8", errors="replace")
-
-    def write_lines(self, lines: list[str]) -> None:
-        self.stream.write("".join(line + "\n" for line in lines))
-        self.stream.flush()
-
-    def reopen(self) -> None:
-        new = self._open()
-        self.stream.close()
-        self.stream = new
-
-    def close(self) -> None:
-        self.stream.close()
-
-
-class Terminal:
-    def __init__(self, stream: TextIO = sys.stdout) -> None:
-        self.stream = stream
-
-    def write_lines(self, lines: list[str]) -> None:
+    def _echo(self, data: bytes) -> None:
         try:
-            self.stream.write("".join(line + "\n" for line in lines))
-            self.stream.flush()
-        except OSError:
-            pass  # the terminal went away; the file still gets everything
+            assert self.echo is not None
+            self.echo.write(data)
+            self.echo.flush()
+        except (OSError, ValueError):
+            self.echo = None  # the terminal went away; the file still gets everything
 
     def reopen(self) -> None:
-        pass
+        """For logrotate: lines before this went to the old (renamed) file, the rest to
+        a new file at the configured path."""
+        new_fd = open_log_file(self.file_path)
+        os.close(self.file_fd)
+        self.file_fd = new_fd
 
     def close(self) -> None:
-        pass
+        os.close(self.file_fd)
+        os.close(self.fifo_fd)

@@ -19,6 +19,15 @@ from passenger.common.startup_protocol import encode_document, parse_feedback, r
 log = logging.getLogger(__name__)
 
 
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
+
+
 class AgentState(enum.Enum):
     STOPPED = "stopped"
     STARTING = "starting"
@@ -36,7 +45,12 @@ TRANSITIONS: dict[AgentState, frozenset[AgentState]] = {
 
 
 class AgentStartupError(RuntimeError):
-    """The agent reported a fatal error (or died) before it was ready."""
+    """The agent did not become ready: it reported a fatal error (`reported`: e.g. bad
+    configuration, retrying cannot help) or it died or hung before saying anything."""
+
+    def __init__(self, message: str, reported: bool) -> None:
+        super().__init__(message)
+        self.reported = reported
 
 
 class AgentProcess:
@@ -73,7 +87,8 @@ class AgentProcess:
         except OSError as exc:
             os.close(feedback_r)
             self.change_state(AgentState.STOPPED)
-            raise AgentStartupError(f"cannot run {self.executable}: {exc}") from None
+            raise AgentStartupError(f"cannot run {self.executable}: {exc}",
+                                    reported=True) from None
         finally:
             os.close(feedback_w)
         self.started_at = time.monotonic()
@@ -84,11 +99,20 @@ class AgentProcess:
         try:
             line = await asyncio.wait_for(read_feedback_line(feedback_r), self.start_timeout)
         except TimeoutError:
-            line = b'{"status": "error", "message": "did not report readiness in time"}'
+            line = b""
         message = parse_feedback(line)
         if message["status"] != "ready":
+            self.change_state(AgentState.STOPPED)
             self.kill_group()
-            raise AgentStartupError(f"{self.name}: {message.get('message')}")
+            if self._exited is not None:
+                await self._exited.wait()
+            code = self.popen.returncode
+            if line.strip():
+                raise AgentStartupError(f"{self.name}: {message.get('message')}",
+                                        reported=True)
+            how = ("did not report readiness in time" if code is None
+                   else f"exited with {describe_exit(code)} while starting")
+            raise AgentStartupError(f"{self.name} {how}", reported=False)
         if self.state is AgentState.STARTING:
             self.change_state(AgentState.RUNNING)
         log.debug("%s online, PID %d", self.name, self.pid)
@@ -110,8 +134,9 @@ class AgentProcess:
             exited.set()
             if self.popen is popen:
                 was = self.state
-                self.state = AgentState.STOPPED
-                if was is AgentState.RUNNING:  # a death while starting fails start()
+                if was is not AgentState.STARTING:  # start() handles a death while starting
+                    self.state = AgentState.STOPPED
+                if was is AgentState.RUNNING:
                     self.on_exit(self, code if code is not None else 0)
 
         loop.add_reader(pidfd, on_readable)

@@ -1,9 +1,11 @@
 """PassengerWatchdog entry point. `passenger start` execs us with the configuration on an
-inherited pipe (`--config-fd N`).
+inherited pipe (`--config-fd N`); when daemonizing, it waits on `--ready-fd M` for our
+one-line report (ready with the banner, or the error).
 
 We bind the listening socket (so a restarted helper agent inherits it and clients wait in
-the backlog instead of being refused), create and lock the instance directory, start the
-logging agent and then the helper agent, and supervise them until SIGINT/SIGTERM.
+the backlog instead of being refused), create and lock the instance directory and its
+logging pipes, start the logging agent and then the helper agent, and supervise them
+until SIGINT/SIGTERM. SIGUSR1 asks the logging agent to reopen its files.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ import signal
 import socket
 import sys
 
+from passenger.common import pid_file
 from passenger.common.config import ConfigError, ServerConfig
 from passenger.common.executables import find_executable
 from passenger.common.instance_dir import OwnedInstanceDir, registry_dir
-from passenger.common.log_records import FifoLogHandler, FifoLogWriter
+from passenger.common.log_records import LogLineHandler, LogLineWriter, create_pipe
 from passenger.common.process_title import WATCHDOG, set_title
+from passenger.common.startup_protocol import report_error, report_ready
 from passenger.watchdog.agent_process import AgentProcess, AgentStartupError
 from passenger.watchdog.supervisor import Supervisor
 
 log = logging.getLogger("passenger.watchdog.main")
-HELPER_STOP_TIMEOUT = 40.0
 LOGGING_STOP_TIMEOUT = 5.0
+HELPER_STOP_EXTRA = 10.0  # beyond --graceful-timeout, for stopping the app processes
 
 
 def bind_listener(config: ServerConfig) -> socket.socket:
@@ -58,104 +62,151 @@ def bind_listener(config: ServerConfig) -> socket.socket:
     return sock
 
 
+class Reporter:
+    """Where the outcome of start-up goes: the terminal, or the waiting `passenger start`
+    parent when daemonized."""
+
+    def __init__(self, ready_fd: int | None) -> None:
+        self.ready_fd = ready_fd
+
+    def ready(self, banner: str) -> None:
+        if self.ready_fd is None:
+            print(banner, flush=True)
+        else:
+            report_ready(self.ready_fd, banner=banner)
+            self.ready_fd = None
+
+    def error(self, message: str) -> None:
+        if self.ready_fd is None:
+            print(f"*** ERROR: {message}", file=sys.stderr, flush=True)
+        else:
+            report_error(self.ready_fd, message)
+            self.ready_fd = None
+
+
 class Watchdog:
     def __init__(self, config: ServerConfig, listener: socket.socket,
-                 instance: OwnedInstanceDir, foreground: bool) -> None:
+                 instance: OwnedInstanceDir, reporter: Reporter) -> None:
         self.config = config
         self.listener = listener
         self.instance = instance
-        self.foreground = foreground
+        self.reporter = reporter
         self.log_file = config.default_log_file()
-        logging_agent = AgentProcess(
+        channels = [{"fifo": str(instance.logging_fifo), "file": self.log_file,
+                     "echo": not config.daemonize}]
+        if config.access_log:
+            channels.append({"fifo": str(instance.access_fifo), "file": config.access_log})
+        self.logging_agent = AgentProcess(
             "PassengerLoggingAgent", find_executable("PassengerLoggingAgent"),
-            lambda: {"fifo": str(instance.logging_fifo), "log_file": self.log_file,
-                     "echo_to_terminal": foreground})
+            lambda: {"channels": channels})
         helper_agent = AgentProcess(
             "PassengerHelperAgent", find_executable("PassengerHelperAgent"),
             lambda: {"config": config.to_json(), "instance_dir": str(instance.path),
                      "listen_fd": listener.fileno()},
             pass_fds=(listener.fileno(),))
-        self.supervisor = Supervisor([logging_agent, helper_agent], on_fatal=self._on_fatal)
+        self.supervisor = Supervisor([self.logging_agent, helper_agent],
+                                     on_fatal=self._on_fatal)
         self.fatal_error = ""
         self.stop_requests = 0
         self.stop_event: asyncio.Event | None = None
-
-    def _on_signal(self, signame: str) -> None:
-        self.stop_requests += 1
-        if self.stop_requests == 1:
-            log.info("Received %s; shutting down gracefully (again to force)", signame)
-        else:
-            self.supervisor.kill_all()
-        if self.stop_event is not None:
-            self.stop_event.set()
 
     def _on_fatal(self, message: str) -> None:
         self.fatal_error = message
         if self.stop_event is not None:
             self.stop_event.set()
 
+    def _on_stop_signal(self, signame: str) -> None:
+        self.stop_requests += 1
+        if self.stop_requests == 1:
+            log.info("Received %s; shutting down gracefully (again to force)", signame)
+        else:
+            log.warning("Received %s again; stopping at once", signame)
+            self.supervisor.kill_all()
+        if self.stop_event is not None:
+            self.stop_event.set()
+
+    def _on_reopen_logs(self) -> None:
+        if self.logging_agent.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.logging_agent.pid, signal.SIGHUP)
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.stop_event = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self._on_signal, sig.name)
+            loop.add_signal_handler(sig, self._on_stop_signal, sig.name)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_reopen_logs)
         try:
             await self.supervisor.start_all()
         except AgentStartupError as exc:
-            print(f"*** ERROR: {exc}", file=sys.stderr)
+            self.reporter.error(str(exc))
             await self.supervisor.stop_all({})
             return 1
         self.instance.finalize()
-        self.print_banner()
+        self.reporter.ready(self.banner())
         await self.stop_event.wait()
         if self.fatal_error:
-            print(f"*** ERROR: {self.fatal_error}; stopping", file=sys.stderr)
-        await self.supervisor.stop_all({"PassengerHelperAgent": HELPER_STOP_TIMEOUT,
-                                        "PassengerLoggingAgent": LOGGING_STOP_TIMEOUT})
+            log.error("%s; stopping", self.fatal_error)
+            print(f"*** ERROR: {self.fatal_error}; stopping", file=sys.stderr, flush=True)
+        await self.supervisor.stop_all({
+            "PassengerHelperAgent": self.config.graceful_timeout + HELPER_STOP_EXTRA,
+            "PassengerLoggingAgent": LOGGING_STOP_TIMEOUT})
         return 1 if self.fatal_error else 0
 
-    def print_banner(self) -> None:
-        lines = [
+    def banner(self) -> str:
+        return "\n".join([
             "=============== Passenger Standalone web server started ===============",
+            f"PID file: {self.config.default_pid_file()}",
             f"Log file: {self.log_file}",
             f"Environment: {self.config.environment}",
             f"Accessible via: {self.config.listen_url}",
             f"Instance: {self.instance.name} ({self.instance.path})",
             "",
-            "You can stop Passenger Standalone by pressing Ctrl-C."
-            if self.foreground else "Stop it with `passenger stop`.",
+            "Serving in the background as a daemon. Stop it with `passenger stop`."
+            if self.config.daemonize else
+            "You can stop Passenger Standalone by pressing Ctrl-C.",
             "=======================================================================",
-        ]
-        print("\n".join(lines), flush=True)
+        ])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="PassengerWatchdog",
                                      description="Started by `passenger start`.")
     parser.add_argument("--config-fd", type=int, required=True)
+    parser.add_argument("--ready-fd", type=int)
     args = parser.parse_args()
     set_title(WATCHDOG)
+    reporter = Reporter(args.ready_fd)
     with os.fdopen(args.config_fd, "rb") as f:
         doc = json.loads(f.read())
+    pid_path = ""
     try:
         config = ServerConfig.from_json(doc["config"])
+        pid_path = config.default_pid_file()
+        pid_file.claim(pid_path)
         listener = bind_listener(config)
-    except ConfigError as exc:
-        print(f"*** ERROR: {exc}", file=sys.stderr)
+    except (ConfigError, pid_file.PidFileError) as exc:
+        if pid_path:
+            pid_file.release(pid_path)
+        reporter.error(str(exc))
         sys.exit(1)
     instance = OwnedInstanceDir.create(registry_dir(config.instance_registry_dir), {
-        "listen": config.listen_url, "app_roots": [config.app_root]})
-    writer = FifoLogWriter(str(instance.logging_fifo))
-    logging.getLogger().handlers[:] = [FifoLogHandler(writer)]
+        "listen": config.listen_url, "app_roots": [config.app_root],
+        "pid_file": pid_path})
+    keepers = [create_pipe(str(instance.logging_fifo)), create_pipe(str(instance.access_fifo))]
+    writer = LogLineWriter(str(instance.logging_fifo))
+    logging.getLogger().handlers[:] = [LogLineHandler(writer)]
     logging.getLogger().setLevel(config.log_level.upper())
     loop = asyncio.new_event_loop()
     try:
-        code = loop.run_until_complete(
-            Watchdog(config, listener, instance, foreground=True).run())
+        code = loop.run_until_complete(Watchdog(config, listener, instance, reporter).run())
     finally:
         with contextlib.suppress(Exception):
             writer.close()
+        for fd in keepers:
+            os.close(fd)
         instance.close_and_remove()
+        pid_file.release(pid_path)
         if config.socket:
             with contextlib.suppress(OSError):
                 os.unlink(config.socket)

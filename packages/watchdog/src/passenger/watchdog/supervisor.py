@@ -6,11 +6,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import signal
 import time
 from collections.abc import Callable
 
-from passenger.watchdog.agent_process import AgentProcess, AgentStartupError
+from passenger.watchdog.agent_process import AgentProcess, AgentStartupError, describe_exit
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +32,13 @@ class RestartPolicy:
         return 0.0 if excess <= 0 else min(self.cap, 0.5 * 2 ** (excess - 1))
 
 
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit status {code}"
-
-
 class Supervisor:
     def __init__(self, agents: list[AgentProcess], on_fatal: Callable[[str], None]) -> None:
         self.agents = agents  # in start order
         self.policies = {agent.name: RestartPolicy() for agent in agents}
         self.stopping = False
         self.on_fatal = on_fatal
+        self._restart_tasks: set[asyncio.Task[None]] = set()
         for agent in agents:
             agent.on_exit = self._on_exit
 
@@ -58,12 +49,18 @@ class Supervisor:
     def _on_exit(self, agent: AgentProcess, code: int) -> None:
         # Take down whatever the agent started (a helper agent's app processes).
         agent.kill_group()
+        self._schedule_restart(agent, f"{agent.name} (PID {agent.pid}) exited with "
+                                      f"{describe_exit(code)}")
+
+    def _schedule_restart(self, agent: AgentProcess, what: str) -> None:
         if self.stopping:
             return
         delay = self.policies[agent.name].next_delay(time.monotonic())
-        log.warning("%s (PID %d) exited with %s; restarting it%s", agent.name, agent.pid,
-                    describe_exit(code), f" in {delay:.1f} s" if delay else "")
-        asyncio.get_running_loop().create_task(self._restart(agent, delay))
+        log.warning("%s; restarting it%s", what,
+                    f" in {delay:.1f} s (crash loop: backing off)" if delay else "")
+        task = asyncio.get_running_loop().create_task(self._restart(agent, delay))
+        self._restart_tasks.add(task)
+        task.add_done_callback(self._restart_tasks.discard)
 
     async def _restart(self, agent: AgentProcess, delay: float) -> None:
         if delay:
@@ -73,10 +70,17 @@ class Supervisor:
         try:
             await agent.start()
         except AgentStartupError as exc:
-            self.on_fatal(str(exc))
+            if exc.reported:  # bad configuration: retrying cannot help
+                self.on_fatal(str(exc))
+            else:
+                self._schedule_restart(agent, str(exc))
+        else:
+            log.info("%s restarted, PID %d", agent.name, agent.pid)
 
     async def stop_all(self, timeouts: dict[str, float]) -> None:
         self.stopping = True
+        for task in list(self._restart_tasks):
+            task.cancel()
         for agent in reversed(self.agents):
             await agent.stop(timeouts.get(agent.name, 5.0))
 
