@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+READ_SIZE = 65536
 
 
 class ProcessGone(Exception):
@@ -72,8 +73,13 @@ class ProcFS:
             fd = os.open(f"{self._prefix}{pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 chunks = []
-                while chunk := os.read(fd, 65536):
+                while chunk := os.read(fd, READ_SIZE):
                     chunks.append(chunk)
+                    # Files of one record (stat, status, cmdline, smaps_rollup) end at
+                    # the first short read: saves a read() per file. smaps is a
+                    # sequence of records and may return short reads before its end.
+                    if len(chunk) < READ_SIZE and name != "smaps":
+                        break
             finally:
                 os.close(fd)
         except (FileNotFoundError, ProcessLookupError):
