@@ -6,11 +6,13 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -130,6 +132,8 @@ class PassengerServer:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(5)
         self.output.close()
+        if os.environ.get("PASSENGER_TEST_KEEP_LOGS") is None:
+            shutil.rmtree(self.registry, ignore_errors=True)
         return self.proc.returncode
 
     def remember_descendants(self) -> None:
@@ -157,12 +161,17 @@ class PassengerServer:
         assert self.proc is not None
         return self.proc.pid
 
-    def agent_pid(self, title: str) -> int:
+    def find_agent_pid(self, title: str) -> int | None:
         self.remember_descendants()
         for child in psutil.Process(self.watchdog_pid).children():
-            if has_passenger_title(child) and " ".join(child.cmdline()).startswith(title):
-                return int(child.pid)
-        raise LookupError(f"no {title} under the watchdog")
+            with contextlib.suppress(psutil.Error):
+                if has_passenger_title(child) and " ".join(child.cmdline()).startswith(title):
+                    return int(child.pid)
+        return None
+
+    def agent_pid(self, title: str) -> int:
+        pid = wait_for(lambda: self.find_agent_pid(title), 5, message=f"a running {title}")
+        return int(pid)
 
     def run_tool(self, *argv: str, timeout: float = 15.0) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(BIN / argv[0]), *argv[1:]], capture_output=True,
@@ -192,3 +201,40 @@ def running_server(app_root: Path = HELLO_APP, *args: str,
         yield server.start()
     finally:
         server.stop()
+
+
+class RequestLoop:
+    """A bounded client loop in a thread: at most `limit` requests (request i asks for
+    `path(i)`), stops when told; records (i, status, body)."""
+
+    def __init__(self, port: int, limit: int = 2000,
+                 path: Callable[[int], str] = lambda i: "/", pause: float = 0.005) -> None:
+        self.port = port
+        self.limit = limit
+        self.path = path
+        self.pause = pause
+        self.results: list[tuple[int, int, str]] = []
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        for i in range(self.limit):
+            if self.stop_flag.is_set():
+                return
+            try:
+                status, _, body = http_request(self.port, self.path(i), timeout=10)
+                self.results.append((i, status, body.decode(errors="replace")))
+            except OSError as exc:
+                self.results.append((i, 0, str(exc)))
+            time.sleep(self.pause)
+
+    def statuses(self) -> list[tuple[int, str]]:
+        return [(status, body) for _, status, body in self.results]
+
+    def __enter__(self) -> RequestLoop:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_flag.set()
+        self.thread.join(30)

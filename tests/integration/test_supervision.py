@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 
@@ -16,8 +15,8 @@ import pytest
 from support import (
     INSTRUMENTED_APP,
     PassengerServer,
+    RequestLoop,
     has_passenger_title,
-    http_request,
     is_gone,
     running_server,
     wait_for,
@@ -29,36 +28,6 @@ def two_process_server() -> Iterator[PassengerServer]:
     with running_server(INSTRUMENTED_APP, "--min-instances", "2") as server:
         wait_for(lambda: len(server.app_pids()) == 2, 10, message="two app processes")
         yield server
-
-
-class RequestLoop:
-    """A bounded client loop in a thread: at most `limit` requests, stops when told."""
-
-    def __init__(self, port: int, limit: int = 2000) -> None:
-        self.port = port
-        self.limit = limit
-        self.results: list[tuple[int, str]] = []
-        self.stop_flag = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        for _ in range(self.limit):
-            if self.stop_flag.is_set():
-                return
-            try:
-                status, _, body = http_request(self.port, "/", timeout=5)
-                self.results.append((status, body.decode(errors="replace")))
-            except OSError as exc:
-                self.results.append((0, str(exc)))
-            time.sleep(0.005)
-
-    def __enter__(self) -> RequestLoop:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_flag.set()
-        self.thread.join(10)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
@@ -78,8 +47,8 @@ def test_killed_app_process_is_replaced_within_a_second(
     print(f"{sig.name}: back to 2 processes in {replaced_in * 1000:.0f} ms")
     assert survivor in after and victim not in after
     assert is_gone(victim)
-    failures = [r for r in loop.results if r[0] != 200]
-    served_by = {body.strip() for status, body in loop.results if status == 200}
+    failures = [r for r in loop.statuses() if r[0] != 200]
+    served_by = {body.strip() for status, body in loop.statuses() if status == 200}
     assert f"pid={survivor}" in served_by
     # Only a request that was inside the killed process when it died may fail, and it
     # must say why.

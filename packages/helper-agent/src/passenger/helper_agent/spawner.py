@@ -8,6 +8,7 @@ lines we forward to the logging agent as `App <pid> output: ...`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -88,11 +89,12 @@ class Spawner:
         self._forward_output(process, output_r, output)
         self._watch_exit(process)
         assert popen.stdin is not None
-        popen.stdin.write(encode_document({
-            "title": title, "feedback_fd": feedback_w, "socket_path": socket_path,
-            "app_root": self.config.app_root, "startup_file": self.config.startup_file,
-            "protocol_path": app_protocol.__file__}))
-        popen.stdin.flush()
+        with contextlib.suppress(BrokenPipeError):  # it died at once: the feedback says so
+            popen.stdin.write(encode_document({
+                "title": title, "feedback_fd": feedback_w, "socket_path": socket_path,
+                "app_root": self.config.app_root, "startup_file": self.config.startup_file,
+                "protocol_path": app_protocol.__file__}))
+            popen.stdin.flush()
         try:
             feedback = await asyncio.wait_for(read_feedback_line(feedback_r),
                                               self.config.start_timeout)

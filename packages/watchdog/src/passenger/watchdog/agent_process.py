@@ -94,8 +94,10 @@ class AgentProcess:
         self.started_at = time.monotonic()
         self._watch_exit()
         assert self.popen.stdin is not None
-        self.popen.stdin.write(encode_document({**self.document(), "feedback_fd": feedback_w}))
-        self.popen.stdin.flush()
+        with contextlib.suppress(BrokenPipeError):  # it died at once: the feedback says so
+            self.popen.stdin.write(encode_document({**self.document(),
+                                                    "feedback_fd": feedback_w}))
+            self.popen.stdin.flush()
         try:
             line = await asyncio.wait_for(read_feedback_line(feedback_r), self.start_timeout)
         except TimeoutError:
