@@ -82,6 +82,8 @@ def test_each_process_in_its_group_bystanders_and_zombies_left_out() -> None:
     ("/usr/sbin/apache2 -k start", "apache2", APACHE),
     ("/usr/sbin/httpd -DFOREGROUND", "httpd", APACHE),
     ("/usr/sbin/httpd.worker", "httpd.worker", APACHE),
+    ("/usr/bin/nginx-prometheus-exporter --nginx.scrape-uri=x", "nginx-prometheu", None),
+    ("/bin/sh /usr/sbin/apache2ctl start", "apache2ctl", None),
     ("grep Passenger", "grep", None),
     ("tail -f /var/log/PassengerHelperAgent.log", "tail", None),
     ("vim /etc/nginx/nginx.conf", "vim", None),

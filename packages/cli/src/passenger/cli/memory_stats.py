@@ -44,8 +44,12 @@ PASSENGER_PREFIX = "Passenger"
 # Scripts real Passenger runs under an interpreter, titled by their command line.
 PASSENGER_LOADERS = frozenset({"wsgi-loader.py", "rack-loader.rb", "node-loader.js"})
 INTERPRETERS = ("python", "pypy", "ruby", "node")
-APACHE_NAMES = ("apache2", "httpd")
-NGINX_NAMES = ("nginx",)
+# `ps -C` names, as Passenger looks them up, plus the binaries distributions ship per MPM
+# (Red Hat's `httpd.worker`, `httpd.event`) and Debian's `nginx-debug`. Exact names:
+# `nginx-prometheus-exporter` or `apache2ctl` are not web servers.
+APACHE_NAMES = frozenset({"apache2", "httpd", "httpd.worker", "httpd.event", "httpd.prefork",
+                          "apache2.worker", "httpd-prefork", "httpd-worker", "httpd-event"})
+NGINX_NAMES = frozenset({"nginx", "nginx-debug"})
 
 
 def _basename(word: str) -> str:
@@ -70,14 +74,9 @@ def is_passenger(entry: ProcessEntry) -> bool:
     return False
 
 
-def _named(entry: ProcessEntry, names: Sequence[str]) -> bool:
-    """`ps -C name` matches comm; Red Hat's worker MPM binary is `httpd.worker`, others
-    ship `httpd-prefork`, `nginx-debug`: accept those variants too."""
-    for candidate in (entry.comm, _basename(entry.title.split(" ", 1)[0])):
-        for name in names:
-            if candidate == name or candidate.startswith((name + ".", name + "-")):
-                return True
-    return False
+def _named(entry: ProcessEntry, names: frozenset[str]) -> bool:
+    """`ps -C name` matches comm; the executable's name (argv[0]) counts too."""
+    return entry.comm in names or _basename(entry.title.split(" ", 1)[0]) in names
 
 
 def is_nginx(entry: ProcessEntry) -> bool:
