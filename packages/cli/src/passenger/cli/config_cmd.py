@@ -2,13 +2,22 @@
 
 Usage:
   passenger-config list-instances [--json]
-  passenger-config reopen-logs [NAME]
+  passenger-config reopen-logs [--instance NAME]
+  passenger-config detach-process [--instance NAME] [--ignore-nonexistant-pid] <PID>
+  passenger-config restart-app [--instance NAME] [--ignore-app-not-running] <APP_PATH_PREFIX>
   passenger-config (-h | --help)
   passenger-config --version
 
 Commands:
   list-instances    List the running Passenger instances (stale ones are cleaned).
   reopen-logs       Make the logging agent reopen its log files (after logrotate).
+  detach-process    Remove an app process from the pool and shut it down once its
+                    active requests are finished (`kill` would abort them).
+  restart-app       Restart every app whose path begins with APP_PATH_PREFIX (`.`: the
+                    current directory): its processes shut down, fresh ones spawn.
+
+Options:
+  --instance NAME   The Passenger instance to select (when several run).
 """
 
 from __future__ import annotations
@@ -17,11 +26,14 @@ import json
 import os
 import signal
 import sys
+from typing import Any
 
 from docopt import DocoptExit, docopt
 
 from passenger.cli.instances import NoInstance, describe, live_instances, select_instance
 from passenger.common import VERSION
+from passenger.common.admin_client import AdminError, request
+from passenger.common.instance_dir import InstanceDir
 
 
 def list_instances(as_json: bool) -> None:
@@ -42,15 +54,52 @@ def list_instances(as_json: bool) -> None:
         print(f"{name:<10} {pid:<8} {desc}")
 
 
-def reopen_logs(name: str | None) -> None:
+def _instance(name: str | None) -> InstanceDir:
     try:
-        instance = select_instance(name)
-        pid = int(instance.properties()["watchdog_pid"])
+        return select_instance(name)
     except NoInstance as exc:
         print(exc, file=sys.stderr)
         sys.exit(1)
+
+
+def reopen_logs(name: str | None) -> None:
+    instance = _instance(name)
+    pid = int(instance.properties()["watchdog_pid"])
     os.kill(pid, signal.SIGUSR1)  # the watchdog passes it on to the logging agent
     print(f"Asked instance {describe(instance)[0]} to reopen its log files.")
+
+
+def _admin_post(instance: InstanceDir, path: str, body: dict[str, object],
+                ignore_not_found: bool) -> object:
+    try:
+        return request(instance.admin_socket, "POST", path, body)
+    except AdminError as exc:
+        if ignore_not_found and " 404:" in str(exc):
+            sys.exit(0)
+        print(f"passenger-config: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def detach_process(args: dict[str, Any]) -> None:
+    pid_text = str(args["<PID>"])
+    if not pid_text.isdigit():
+        print(f"passenger-config detach-process: PID {pid_text!r} is not a number",
+              file=sys.stderr)
+        sys.exit(2)
+    instance = _instance(args["--instance"])
+    _admin_post(instance, "/pool/detach_process.json", {"pid": int(pid_text)},
+                bool(args["--ignore-nonexistant-pid"]))
+    print(f"Process {pid_text} detached.")
+
+
+def restart_app(args: dict[str, Any]) -> None:
+    prefix = str(args["<APP_PATH_PREFIX>"])
+    prefix = os.path.abspath(prefix) if prefix == "." or not prefix.startswith("/") else prefix
+    instance = _instance(args["--instance"])
+    result = _admin_post(instance, "/pool/restart_app_group.json",
+                         {"app_root_prefix": prefix}, bool(args["--ignore-app-not-running"]))
+    for name in (result or {}).get("restarted", []):  # type: ignore[attr-defined]
+        print(f"Restarting {name}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -62,7 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     if args["list-instances"]:
         list_instances(args["--json"])
     elif args["reopen-logs"]:
-        reopen_logs(args["NAME"])
+        reopen_logs(args["--instance"])
+    elif args["detach-process"]:
+        detach_process(args)
+    elif args["restart-app"]:
+        restart_app(args)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,8 @@ def format_process(p: dict[str, Any], now: float) -> str:
             f"    CPU: {cpu:<5}   Memory  : {memory:<5}   Last used: {last_used} ago\n")
     if p.get("state") == "shutting_down":
         text += "    Shutting down...\n"
+    elif p.get("retiring"):
+        text += f"    Being replaced: {p['retiring']}\n"
     return text
 
 
@@ -79,6 +81,10 @@ def format_pool(pool: dict[str, Any], header: bool = True) -> str:
             n = group["spawning"]
             out.append(f"  (spawning {n} new process{'es' if n > 1 else ''}...)\n")
         out.append(f"  Requests in queue: {group['requests_in_queue']}\n")
+        if group.get("requests_rejected"):
+            out.append(f"  Requests rejected (queue full): {group['requests_rejected']}\n")
+        if group.get("requests_timed_out"):
+            out.append(f"  Requests timed out: {group['requests_timed_out']}\n")
         if group.get("last_spawn_error"):
             out.append(f"  Last spawn error: {group['last_spawn_error']}\n")
         out.extend(format_process(p, now) for p in group["processes"])

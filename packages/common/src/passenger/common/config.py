@@ -22,9 +22,12 @@ class ConfigError(ValueError):
 
 
 def _option(default: Any, help: str, *, minimum: int | None = None,
-            maximum: int | None = None, choices: tuple[str, ...] = ()) -> Any:
+            maximum: int | None = None, choices: tuple[str, ...] = (),
+            per_app: bool = False) -> Any:
+    """`per_app`: may be set for one app of several (in `apps`)."""
     return field(default=default, metadata={
-        "help": help, "minimum": minimum, "maximum": maximum, "choices": choices})
+        "help": help, "minimum": minimum, "maximum": maximum, "choices": choices,
+        "per_app": per_app})
 
 
 @dataclass(frozen=True)
@@ -35,15 +38,37 @@ class ServerConfig:
     address: str = _option("0.0.0.0", "Bind to the given address")
     port: int = _option(3000, "Use the given port number", minimum=1, maximum=65535)
     socket: str = _option("", "Bind to this Unix domain socket instead of TCP")
-    environment: str = _option("development", "Web framework environment")
-    python: str = _option(sys.executable, "Executable to use for Python apps")
+    environment: str = _option("development", "Web framework environment", per_app=True)
+    python: str = _option(sys.executable, "Executable to use for Python apps", per_app=True)
     min_instances: int = _option(1, "Minimum number of processes per application",
-                                 minimum=0, maximum=1000)
+                                 minimum=0, maximum=1000, per_app=True)
     max_pool_size: int = _option(6, "Maximum number of application processes",
                                  minimum=1, maximum=1000)
+    max_instances_per_app: int = _option(0, "Maximum processes per application (0: no limit)",
+                                         minimum=0, maximum=1000, per_app=True)
+    pool_idle_time: int = _option(300, "Seconds an idle process may live (0: forever)",
+                                  minimum=0, maximum=10**7)
+    max_request_queue_size: int = _option(100, "Requests an app may queue (0: no limit)",
+                                          minimum=0, maximum=10**6, per_app=True)
+    request_queue_overflow_status_code: int = _option(
+        503, "Status code when the queue is full", minimum=400, maximum=599, per_app=True)
+    max_request_queue_time: int = _option(0, "Seconds a request may wait in the queue "
+                                             "before it gets 504 (0: no limit)",
+                                          minimum=0, maximum=86400, per_app=True)
+    max_requests: int = _option(0, "Replace a process after this many requests (0: never)",
+                                minimum=0, maximum=10**9, per_app=True)
+    max_requests_jitter: int = _option(0, "Add 0..N to each process's --max-requests",
+                                       minimum=0, maximum=10**9, per_app=True)
+    memory_limit: int = _option(0, "Replace a process whose private dirty RSS exceeds this "
+                                   "many MB (0: no limit)", minimum=0, maximum=10**7,
+                                per_app=True)
+    max_request_time: int = _option(0, "Seconds a request may run before it gets 504 and its "
+                                       "process is replaced (0: no limit)",
+                                    minimum=0, maximum=86400, per_app=True)
     start_timeout: int = _option(90, "Seconds an application process may take to start",
-                                 minimum=1, maximum=86400)
-    startup_file: str = _option("passenger_wsgi.py", "The WSGI file that defines `application`")
+                                 minimum=1, maximum=86400, per_app=True)
+    startup_file: str = _option("passenger_wsgi.py", "The WSGI file that defines `application`",
+                                per_app=True)
     log_file: str = _option("", "Where to write log messages (default: in the app dir)")
     access_log: str = _option("", "Where to write the access log (default: none)")
     pid_file: str = _option("", "Where to store the PID file (default: in the app dir)")
@@ -53,9 +78,22 @@ class ServerConfig:
     log_level: str = _option("info", "Least severe log level written",
                              choices=("debug", "info", "warning", "error"))
     instance_registry_dir: str = _option("", "Directory that holds instance directories")
+    apps: tuple[dict[str, Any], ...] = _option(
+        (), "Several apps: {app_root, server_names, base_uri, per-app options}")
+
+    def app_configs(self) -> list[tuple[AppRoute, ServerConfig]]:
+        """One (route, config) per app: the configured `apps`, or the one app_root."""
+        if not self.apps:
+            return [(AppRoute((), "/"), self)]
+        return [(AppRoute(tuple(spec.get("server_names", ())), spec.get("base_uri", "/")),
+                 dataclasses.replace(self, apps=(), **{
+                     k: v for k, v in spec.items() if k not in ("server_names", "base_uri")}))
+                for spec in self.apps]
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["apps"] = list(self.apps)
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ServerConfig:
@@ -84,6 +122,20 @@ def standalone_file(app_root: str, preferred_dir: str, name: str) -> str:
     return str(directory / name if directory.is_dir() else Path(app_root) / name)
 
 
+@dataclass(frozen=True)
+class AppRoute:
+    """Which requests an app gets: any of `server_names` (all if empty), under `base_uri`."""
+
+    server_names: tuple[str, ...]
+    base_uri: str
+
+    def matches(self, host: str, path: str) -> bool:
+        if self.server_names and host not in self.server_names:
+            return False
+        base = self.base_uri.rstrip("/")
+        return not base or path == base or path.startswith(base + "/")
+
+
 OPTIONS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(ServerConfig)}
 
 
@@ -99,6 +151,8 @@ def _convert(name: str, raw: Any, where: str) -> Any:
     opt = OPTIONS[name]
     kind: type = type(opt.default)
     meta = opt.metadata
+    if kind is tuple:
+        return _convert_apps(raw, where)
     if kind is bool:
         if isinstance(raw, bool):
             return raw
@@ -129,6 +183,57 @@ def _convert(name: str, raw: Any, where: str) -> Any:
     return raw
 
 
+APP_SPEC_KEYS = ("app_root", "server_names", "base_uri")
+
+
+def parse_app_flag(spec: str) -> dict[str, Any]:
+    """`--app [HOST][/URI]=PATH`, e.g. `example.com=/srv/a`, `/blog=/srv/blog`."""
+    target, sep, root = spec.partition("=")
+    if not sep or not root:
+        raise ConfigError(f"--app: {spec!r} is not [HOST][/URI]=PATH")
+    host, slash, uri = target.partition("/")
+    entry: dict[str, Any] = {"app_root": root, "base_uri": "/" + uri if slash else "/"}
+    if host:
+        entry["server_names"] = [host]
+    return entry
+
+
+def _convert_apps(raw: Any, where: str) -> tuple[dict[str, Any], ...]:
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise ConfigError(f"{where}: not a JSON list of apps") from None
+    if not isinstance(raw, (list, tuple)):
+        raise ConfigError(f"{where}: must be a list of apps")
+    apps = []
+    for i, item in enumerate(raw):
+        spec = parse_app_flag(item) if isinstance(item, str) else item
+        if not isinstance(spec, dict) or not isinstance(spec.get("app_root"), str):
+            raise ConfigError(f"{where}[{i}]: each app needs an 'app_root'")
+        app: dict[str, Any] = {"app_root": os.path.abspath(spec["app_root"])}
+        if not os.path.isdir(app["app_root"]):
+            raise ConfigError(f"{where}[{i}]: {app['app_root']!r} is not a directory")
+        names = spec.get("server_names", [])
+        if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"{where}[{i}] 'server_names': must be a list of host names")
+        app["server_names"] = [n.lower() for n in names]
+        base = spec.get("base_uri", "/")
+        if not isinstance(base, str) or not base.startswith("/"):
+            raise ConfigError(f"{where}[{i}] 'base_uri': {base!r} must start with '/'")
+        app["base_uri"] = base
+        for key, value in spec.items():
+            if key in APP_SPEC_KEYS:
+                continue
+            if key not in OPTIONS or not OPTIONS[key].metadata["per_app"]:
+                allowed = ", ".join(k for k in OPTIONS if OPTIONS[k].metadata["per_app"])
+                raise ConfigError(f"{where}[{i}] {key!r}: not a per-app option; "
+                                  f"allowed: {', '.join(APP_SPEC_KEYS)}, {allowed}")
+            app[key] = _convert(key, value, f"{where}[{i}] {key!r}")
+        apps.append(app)
+    return tuple(apps)
+
+
 def parse_values(values: Mapping[str, Any], source: Any) -> ServerConfig:
     """Build a config from option name -> raw value; `source(name)` names the option in errors."""
     unknown = sorted(set(values) - set(OPTIONS))
@@ -139,10 +244,11 @@ def parse_values(values: Mapping[str, Any], source: Any) -> ServerConfig:
 
 
 def _checked(config: ServerConfig) -> ServerConfig:
-    if config.min_instances > config.max_pool_size:
-        raise ConfigError(
-            f"--min-instances: {config.min_instances} exceeds --max-pool-size "
-            f"{config.max_pool_size}; allowed: 0..{config.max_pool_size}")
+    for _, app in config.app_configs():
+        if app.min_instances > config.max_pool_size:
+            raise ConfigError(
+                f"--min-instances: {app.min_instances} exceeds --max-pool-size "
+                f"{config.max_pool_size}; allowed: 0..{config.max_pool_size}")
     return config
 
 

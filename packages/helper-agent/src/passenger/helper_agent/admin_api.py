@@ -1,7 +1,9 @@
 """The admin API on `<instance>/admin.sock`: HTTP/1.1 + JSON, for root and the owner only.
 
-    GET /ping.json   -> {"status": "ok"}
-    GET /pool.json   -> the live pool: groups, processes, queues, counters
+    GET  /ping.json                     -> {"status": "ok"}
+    GET  /pool.json                     -> the live pool: groups, processes, queues, counters
+    POST /pool/detach_process.json      {"pid": N} -> shut that process down gracefully
+    POST /pool/restart_app_group.json   {"app_root_prefix": "/srv/app"} -> restart apps
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import os
 import socket
 import struct
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
+
+if TYPE_CHECKING:
+    from passenger.helper_agent.pool import Pool
 
 log = logging.getLogger(__name__)
 PEERCRED = struct.Struct("3i")
@@ -29,6 +34,42 @@ def peer_uid(sock: socket.socket) -> int:
 
 
 Handler = Callable[[bytes], tuple[int, Any]]
+
+
+def _json_body(body: bytes, key: str, kind: type) -> Any:
+    try:
+        value = json.loads(body)[key]
+    except (ValueError, KeyError, TypeError):
+        raise BadRequest(f"expected a JSON object with {key!r}") from None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise BadRequest(f"{key!r} must be a {kind.__name__}")
+    return value
+
+
+class BadRequest(Exception):
+    pass
+
+
+def admin_routes(pool: Pool) -> dict[tuple[bytes, bytes], Handler]:
+    def detach(body: bytes) -> tuple[int, Any]:
+        pid = _json_body(body, "pid", int)
+        if not pool.detach(pid):
+            return 404, {"error": f"no running app process with PID {pid}"}
+        return 200, {"detached": pid}
+
+    def restart(body: bytes) -> tuple[int, Any]:
+        prefix = _json_body(body, "app_root_prefix", str)
+        names = pool.restart(prefix)
+        if not names:
+            return 404, {"error": f"no app whose root begins with {prefix!r}"}
+        return 200, {"restarted": names}
+
+    return {
+        (b"GET", b"/ping.json"): lambda body: (200, {"status": "ok"}),
+        (b"GET", b"/pool.json"): lambda body: (200, pool.snapshot()),
+        (b"POST", b"/pool/detach_process.json"): detach,
+        (b"POST", b"/pool/restart_app_group.json"): restart,
+    }
 
 
 class AdminConnection(asyncio.Protocol):
@@ -78,6 +119,8 @@ class AdminConnection(asyncio.Protocol):
             return
         try:
             status, payload = handler(bytes(self.body))
+        except BadRequest as exc:
+            status, payload = 400, {"error": str(exc)}
         except Exception as exc:
             log.exception("Admin API handler failed")
             status, payload = 500, {"error": str(exc)}

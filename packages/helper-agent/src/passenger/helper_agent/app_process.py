@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import logging
@@ -10,7 +11,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from passenger.helper_agent.app_channel import AppChannel
@@ -50,7 +51,9 @@ class AppProcess:
     last_used: float = 0.0
     channel: AppChannel | None = None
     exit_description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
+    request_limit: int = 0        # --max-requests plus this process's jitter; 0: none
+    retiring: str = ""            # why a replacement was asked for, while it is spawning
+    kill_timer: asyncio.TimerHandle | None = None
 
     @property
     def pid(self) -> int:
@@ -65,6 +68,10 @@ class AppProcess:
     @property
     def accepts_requests(self) -> bool:
         return self.state is ProcessState.ENABLED and self.sessions < self.concurrency
+
+    @property
+    def idle(self) -> bool:
+        return self.state is ProcessState.ENABLED and self.sessions == 0 and not self.retiring
 
     def stop_gracefully(self) -> None:
         """Close its lifeline: the loader exits once its current request is done."""

@@ -2,7 +2,13 @@
 
 Routing follows Passenger: a request goes to the enabled process with the fewest open
 sessions (ties: the one used least recently); when every process is busy it waits in
-the group's FIFO queue, and the group spawns another process if the pool has room.
+the group's FIFO queue (up to --max-request-queue-size), and the group spawns another
+process, one at a time, while the pool and --max-instances-per-app allow.
+
+Replacing a process (recycling after --max-requests or over --memory-limit) spawns the
+successor first and only then shuts the old one down, so capacity never drops. Shutting
+a process down is always graceful: no new requests, the current one finishes, then its
+lifeline closes and it gets SIGTERM, then SIGKILL after a bound.
 """
 
 from __future__ import annotations
@@ -11,18 +17,23 @@ import asyncio
 import collections
 import contextlib
 import logging
+import random
 import signal
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from passenger.common.config import ServerConfig
+from passenger.common.config import AppRoute, ServerConfig
 from passenger.helper_agent.app_process import AppProcess, ProcessState
 from passenger.helper_agent.spawner import Spawner, SpawnError
+
+if TYPE_CHECKING:
+    from passenger.helper_agent.pool import Pool
 
 log = logging.getLogger(__name__)
 SPAWN_RETRY_FIRST = 0.5
 SPAWN_RETRY_MAX = 30.0
+STOP_KILL_AFTER = 5.0  # after SIGTERM
 
 
 class PendingRequest(Protocol):
@@ -32,20 +43,31 @@ class PendingRequest(Protocol):
     def fail(self, status: int, reason: str) -> None: ...
 
 
+QUEUE_FULL_PAGE = ("This website is under heavy load (queue full). We're sorry, too many "
+                   "people are accessing this website at the same time. We're working on "
+                   "this problem. Please try again later.")
+
+
 class Group:
-    def __init__(self, name: str, config: ServerConfig, make_spawner: Callable[[Group], Spawner],
-                 has_capacity: Callable[[], bool]) -> None:
-        self.name = name
+    def __init__(self, config: ServerConfig, route: AppRoute, pool: Pool,
+                 make_spawner: Callable[[Group], Spawner]) -> None:
+        self.name = config.app_root if route.base_uri == "/" else \
+            f"{config.app_root} ({route.base_uri})"
         self.config = config
+        self.route_rule = route
         self.app_root = config.app_root
+        self.pool = pool
         self.processes: list[AppProcess] = []
         self.queue: collections.deque[PendingRequest] = collections.deque()
+        self.queue_timers: dict[PendingRequest, asyncio.TimerHandle] = {}
+        self.request_timers: dict[AppProcess, asyncio.TimerHandle] = {}
         self.spawner = make_spawner(self)
         self.spawning = 0
         self.spawn_task: asyncio.Task[None] | None = None
-        self.has_capacity = has_capacity
         self.last_spawn_error = ""
         self.stopping = False
+        self.requests_rejected = 0
+        self.requests_timed_out = 0
 
     # -- routing ---------------------------------------------------------------------
 
@@ -55,30 +77,78 @@ class Group:
             if p.accepts_requests and (best is None or (p.sessions, p.last_used)
                                        < (best.sessions, best.last_used)):
                 best = p
-        if best is None:
-            self.queue.append(request)
-            self.maybe_spawn()
-        else:
+        if best is not None:
             self._assign(best, request)
+            return
+        limit = self.config.max_request_queue_size
+        if limit and len(self.queue) >= limit:
+            self.requests_rejected += 1
+            log.warning("Request queue of %s is full (--max-request-queue-size %d); "
+                        "answering %d", self.name, limit,
+                        self.config.request_queue_overflow_status_code)
+            request.fail(self.config.request_queue_overflow_status_code, QUEUE_FULL_PAGE)
+            return
+        self.queue.append(request)
+        if self.config.max_request_queue_time:
+            self.queue_timers[request] = asyncio.get_running_loop().call_later(
+                self.config.max_request_queue_time, self._queue_timed_out, request)
+        self.maybe_spawn()
+        if not self.processes and self.spawn_task is None:
+            self.pool.wait_for_capacity(self)
 
     def _assign(self, process: AppProcess, request: PendingRequest) -> None:
         process.sessions += 1
         process.last_used = time.time()
+        if self.config.max_request_time:
+            self.request_timers[process] = asyncio.get_running_loop().call_later(
+                self.config.max_request_time, self._request_timed_out, process)
         request.assign(process)
+
+    def _dequeue(self) -> PendingRequest:
+        request = self.queue.popleft()
+        timer = self.queue_timers.pop(request, None)
+        if timer is not None:
+            timer.cancel()
+        return request
 
     def cancel(self, request: PendingRequest) -> None:
         """A queued request whose client went away."""
         with contextlib.suppress(ValueError):
             self.queue.remove(request)
+        timer = self.queue_timers.pop(request, None)
+        if timer is not None:
+            timer.cancel()
 
-    def _dispatch_queue(self) -> None:
+    def dispatch_queue(self) -> None:
         while self.queue:
             process = next((p for p in self.processes if p.accepts_requests), None)
             if process is None:
                 break
-            self._assign(process, self.queue.popleft())
+            self._assign(process, self._dequeue())
         if self.queue:
             self.maybe_spawn()
+
+    def _queue_timed_out(self, request: PendingRequest) -> None:
+        self.queue_timers.pop(request, None)
+        with contextlib.suppress(ValueError):
+            self.queue.remove(request)
+            self.requests_timed_out += 1
+            log.warning("A request for %s waited longer than --max-request-queue-time %d s",
+                        self.name, self.config.max_request_queue_time)
+            request.fail(504, f"The request waited more than "
+                              f"{self.config.max_request_queue_time} s in the queue")
+
+    def _request_timed_out(self, process: AppProcess) -> None:
+        self.request_timers.pop(process, None)
+        self.requests_timed_out += 1
+        log.warning("A request to app process %d (%s) ran longer than --max-request-time "
+                    "%d s; answering 504 and replacing the process", process.pid, self.name,
+                    self.config.max_request_time)
+        self._fail_in_flight(process, 504, f"The application did not answer within "
+                                           f"{self.config.max_request_time} s")
+        if process.state is ProcessState.ENABLED:
+            process.change_state(ProcessState.SHUTTING_DOWN)
+        process.kill()
 
     # -- events from processes -------------------------------------------------------
 
@@ -86,63 +156,151 @@ class Group:
         process.sessions -= 1
         process.processed += 1
         process.last_used = time.time()
-        if process.state is ProcessState.SHUTTING_DOWN and process.sessions == 0:
-            process.stop_gracefully()
-        self._dispatch_queue()
+        timer = self.request_timers.pop(process, None)
+        if timer is not None:
+            timer.cancel()
+        if process.state is ProcessState.SHUTTING_DOWN:
+            if process.sessions == 0:
+                self._stop_process(process)
+        elif process.request_limit and process.processed >= process.request_limit:
+            self.replace(process, f"has served {process.processed} requests "
+                                  f"(--max-requests {self.config.max_requests} plus jitter "
+                                  f"{process.request_limit - self.config.max_requests})")
+        self.dispatch_queue()
+        if process.idle and not self.queue:
+            self.pool.on_process_idle(process)
 
     def on_channel_lost(self, process: AppProcess) -> None:
         """The connection to the app broke: the process is of no more use."""
         if process.state is ProcessState.ENABLED:
             process.change_state(ProcessState.SHUTTING_DOWN)
-        self._fail_in_flight(process, "the application process closed its connection")
+        self._fail_in_flight(process, 502, "the application process closed its connection")
         process.kill()
 
     def on_process_exit(self, process: AppProcess) -> None:
         if process.state is not ProcessState.DEAD:
+            was = process.state
             process.change_state(ProcessState.DEAD)
+            if process in self.processes:
+                expected = self.stopping or was is ProcessState.SHUTTING_DOWN
+                log.log(logging.INFO if expected else logging.WARNING,
+                        "App process %d (%s) exited with %s%s", process.pid, self.name,
+                        process.exit_description, "" if expected else "; replacing it")
         if process in self.processes:
             self.processes.remove(process)
-            level = logging.INFO if self.stopping else logging.WARNING
-            log.log(level, "App process %d (%s) exited with %s%s", process.pid, self.name,
-                    process.exit_description, "" if self.stopping else "; replacing it")
-        self._fail_in_flight(process, f"the application process exited with "
-                                      f"{process.exit_description}")
+        if process.kill_timer is not None:
+            process.kill_timer.cancel()
+        self._fail_in_flight(process, 502, f"the application process exited with "
+                                           f"{process.exit_description}")
         if process.channel is not None:
             process.channel.close()
-        self._dispatch_queue()
+        self.dispatch_queue()
         self.maybe_spawn()
+        self.pool.on_capacity_freed()
 
-    def _fail_in_flight(self, process: AppProcess, reason: str) -> None:
+    def _fail_in_flight(self, process: AppProcess, status: int, reason: str) -> None:
+        timer = self.request_timers.pop(process, None)
+        if timer is not None:
+            timer.cancel()
         channel = process.channel
         if channel is not None and channel.sink is not None:
             sink, channel.sink = channel.sink, None
-            sink.on_response_abort(reason)
             process.sessions = max(0, process.sessions - 1)
+            if status == 502:
+                sink.on_response_abort(reason)
+            else:
+                sink.on_response_abort(reason, status=status)
+
+    # -- replacing and stopping processes ----------------------------------------------
+
+    def replace(self, process: AppProcess, reason: str) -> None:
+        """Spawn a successor; the process serves on until it is ready, then shuts down."""
+        if process.retiring or process.state is not ProcessState.ENABLED:
+            return
+        process.retiring = reason
+        log.info("App process %d (%s) %s; replacing it", process.pid, self.name, reason)
+        self.maybe_spawn()
+
+    def shut_down(self, process: AppProcess, reason: str) -> None:
+        """Gracefully: no new requests, the current one finishes, then it stops."""
+        if process.state is not ProcessState.ENABLED:
+            return
+        log.info("Shutting down app process %d (%s): %s", process.pid, self.name, reason)
+        process.change_state(ProcessState.SHUTTING_DOWN)
+        if process.sessions == 0:
+            self._stop_process(process)
+        else:  # bounded: the current request gets --graceful-timeout
+            self._kill_later(process, self.config.graceful_timeout + STOP_KILL_AFTER)
+        self.maybe_spawn()
+        self.pool.on_capacity_freed()
+
+    def _stop_process(self, process: AppProcess) -> None:
+        process.stop_gracefully()
+        process.kill(signal.SIGTERM)
+        self._kill_later(process, STOP_KILL_AFTER)
+
+    def _kill_later(self, process: AppProcess, delay: float) -> None:
+        if process.kill_timer is not None:
+            process.kill_timer.cancel()
+
+        def kill() -> None:
+            if process.state is not ProcessState.DEAD:
+                log.warning("App process %d did not stop in time; killing it", process.pid)
+                process.kill()
+
+        process.kill_timer = asyncio.get_running_loop().call_later(delay, kill)
+
+    def detach(self, pid: int) -> bool:
+        process = next((p for p in self.processes if p.pid == pid), None)
+        if process is None or process.state is not ProcessState.ENABLED:
+            return False
+        self.shut_down(process, "detached by the administrator")
+        return True
+
+    def restart(self) -> int:
+        """Passenger's blocking restart: every process shuts down, fresh ones spawn."""
+        old = [p for p in self.processes if p.state is ProcessState.ENABLED]
+        for process in old:
+            self.shut_down(process, "restarting the app")
+        self.maybe_spawn()
+        return len(old)
 
     # -- spawning --------------------------------------------------------------------
 
-    def alive(self) -> list[AppProcess]:
+    def active(self) -> list[AppProcess]:
+        """Processes that serve or will serve: not shutting down, not dead."""
         return [p for p in self.processes if p.state is ProcessState.ENABLED]
 
     def capacity_used(self) -> int:
-        return len(self.processes) + self.spawning
+        return len(self.active()) + self.spawning
 
-    def should_spawn(self) -> bool:
-        if self.stopping or not self.has_capacity():
+    def wants_process(self) -> bool:
+        """Whether this group needs another process (limits aside)."""
+        if self.stopping:
             return False
-        alive = self.alive()
-        if len(alive) < self.config.min_instances:
+        active = self.active()
+        if any(p.retiring for p in active):
             return True
-        return bool(self.queue) and not any(p.accepts_requests for p in alive)
+        if len(active) < self.config.min_instances:
+            return True
+        return bool(self.queue) and not any(p.accepts_requests for p in active)
+
+    def may_spawn(self) -> bool:
+        limit = self.config.max_instances_per_app
+        retiring = sum(1 for p in self.active() if p.retiring)
+        if limit and self.capacity_used() - retiring >= limit:
+            return False
+        # A successor may go over the pool size: its predecessor leaves when it is ready.
+        return retiring > 0 or self.pool.has_capacity() or self.pool.free_capacity_for(self)
 
     def maybe_spawn(self) -> None:
-        if self.spawn_task is None and self.should_spawn():
+        if self.spawn_task is None and self.wants_process() and self.may_spawn():
             self.spawn_task = asyncio.get_running_loop().create_task(self._spawn_loop())
 
     async def _spawn_loop(self) -> None:
         delay = SPAWN_RETRY_FIRST
         try:
-            while self.should_spawn():
+            while self.wants_process() and self.may_spawn():
                 self.spawning += 1
                 try:
                     process = await self.spawner.spawn()
@@ -157,15 +315,37 @@ class Group:
                 self.last_spawn_error = ""
                 if process.state is not ProcessState.SPAWNING:  # died right after starting
                     continue
-                process.spawn_ended = process.last_used = time.time()
-                process.change_state(ProcessState.ENABLED)
-                self.processes.append(process)
-                log.info("App process %d (%s) is ready", process.pid, self.name)
-                if self.stopping:
-                    process.stop_gracefully()
-                self._dispatch_queue()
+                self._enable(process)
         finally:
             self.spawn_task = None
+        if self.queue and not self.processes:
+            self.pool.wait_for_capacity(self)
+
+    def _enable(self, process: AppProcess) -> None:
+        process.spawn_ended = process.last_used = time.time()
+        process.request_limit = self._request_limit()
+        process.change_state(ProcessState.ENABLED)
+        self.processes.append(process)
+        log.info("App process %d (%s) is ready", process.pid, self.name)
+        if self.stopping:
+            self._stop_process(process)
+            return
+        predecessor = next((p for p in self.processes if p.retiring
+                            and p.state is ProcessState.ENABLED), None)
+        if predecessor is not None:
+            self.shut_down(predecessor, f"its successor {process.pid} is ready")
+        self.dispatch_queue()
+
+    def _request_limit(self) -> int:
+        """--max-requests plus a jitter no other live process of this app has, so that
+        processes do not all recycle at the same moment."""
+        if not self.config.max_requests:
+            return 0
+        taken = {p.request_limit for p in self.active()}
+        choices = [self.config.max_requests + j
+                   for j in range(self.config.max_requests_jitter + 1)]
+        free = [c for c in choices if c not in taken] or choices
+        return random.choice(free)
 
     def _spawn_failed(self, exc: SpawnError) -> None:
         self.last_spawn_error = str(exc)
@@ -173,7 +353,7 @@ class Group:
         log.error("Could not spawn a process for %s: %s%s", self.name, exc,
                   f"\nApplication output:\n{details}" if details else "")
         while self.queue:
-            self.queue.popleft().fail(500, f"The application could not be started: {exc}")
+            self._dequeue().fail(500, f"The application could not be started: {exc}")
 
     # -- shutdown --------------------------------------------------------------------
 
@@ -184,7 +364,7 @@ class Group:
         if self.spawn_task is not None:
             self.spawn_task.cancel()
         while self.queue:
-            self.queue.popleft().fail(503, "The server is shutting down")
+            self._dequeue().fail(503, "The server is shutting down")
         for p in list(self.processes):
             if p.state is ProcessState.ENABLED:
                 p.change_state(ProcessState.SHUTTING_DOWN)
@@ -204,12 +384,17 @@ class Group:
         return {
             "name": self.name, "app_root": self.app_root,
             "environment": self.config.environment,
+            "server_names": list(self.route_rule.server_names),
+            "base_uri": self.route_rule.base_uri,
             "requests_in_queue": len(self.queue), "spawning": self.spawning,
             "last_spawn_error": self.last_spawn_error,
+            "requests_rejected": self.requests_rejected,
+            "requests_timed_out": self.requests_timed_out,
             "processes": [{
                 "pid": p.pid, "state": p.state.value, "sessions": p.sessions,
                 "processed": p.processed, "spawn_started": p.spawn_started,
                 "spawn_ended": p.spawn_ended, "last_used": p.last_used,
-                "concurrency": p.concurrency, **read_metrics(p.pid),
+                "concurrency": p.concurrency, "request_limit": p.request_limit,
+                "retiring": p.retiring, **read_metrics(p.pid),
             } for p in self.processes],
         }

@@ -85,24 +85,22 @@ class Request:
     """One request: queued, then bound to an app process, then relaying its response."""
 
     __slots__ = ("body_done", "bytes_sent", "chunked", "conn", "done", "frames", "group",
-                 "head_only", "host", "http10", "keep_alive", "path", "process",
-                 "response_started", "started", "status")
+                 "head_only", "http10", "keep_alive", "process", "response_started",
+                 "started", "status")
 
     def __init__(self, conn: HttpConnection, frames: list[bytes], head_only: bool,
-                 keep_alive: bool, http10: bool, host: bytes, path: bytes) -> None:
+                 keep_alive: bool, http10: bool, group: Group | None) -> None:
         self.conn = conn
         self.frames = frames            # request frames not yet sent to the app
         self.head_only = head_only
         self.keep_alive = keep_alive
         self.http10 = http10
-        self.host = host
-        self.path = path
         self.body_done = False
         self.chunked = False
         self.response_started = False
         self.done = False
         self.process: AppProcess | None = None
-        self.group: Group | None = None
+        self.group = group
         self.started = time.monotonic()
         self.status = 0
         self.bytes_sent = 0
@@ -179,14 +177,16 @@ class Request:
             self.conn.write(b"0\r\n\r\n")
         self._finish()
 
-    def on_response_abort(self, reason: str) -> None:
+    def on_response_abort(self, reason: str, status: int = 502) -> None:
         log.warning("Request to %s failed: %s", self.group.name if self.group else "app",
                     reason)
         if self.response_started:
             self.keep_alive = False  # the client cannot tell the response is cut otherwise
             self._finish()
-        else:
+        elif status == 502:
             self.fail(502, f"Incomplete response received from the application: {reason}")
+        else:
+            self.fail(status, reason)
 
     def _finish(self) -> None:
         if not self.done:
@@ -338,8 +338,14 @@ class HttpConnection(asyncio.Protocol):
         else:
             path, _, query = url.partition(b"?")
         version = parser.get_http_version()
-        env = [b"REQUEST_METHOD", method, b"REQUEST_URI", url,
-               b"PATH_INFO", _unquote(path), b"QUERY_STRING", query,
+        group = self.pool.group_for(self.host, path)
+        path_info = _unquote(path)
+        script_name = b""
+        if group is not None and len(group.route_rule.base_uri) > 1:
+            script_name = group.route_rule.base_uri.rstrip("/").encode("latin-1")
+            path_info = path_info[len(script_name):]
+        env = [b"REQUEST_METHOD", method, b"REQUEST_URI", url, b"SCRIPT_NAME", script_name,
+               b"PATH_INFO", path_info, b"QUERY_STRING", query,
                b"SERVER_PROTOCOL", b"HTTP/" + version.encode(),
                b"SERVER_NAME", self.server_name, b"SERVER_PORT", self.server_port,
                b"REMOTE_ADDR", self.remote_addr, b"REMOTE_PORT", self.remote_port]
@@ -348,7 +354,7 @@ class HttpConnection(asyncio.Protocol):
         block = b"\0".join(env)
         request = Request(self, [proto.encode_request_head(block)],
                           head_only=method == b"HEAD", keep_alive=parser.should_keep_alive(),
-                          http10=version == "1.0", host=self.host, path=path)
+                          http10=version == "1.0", group=group)
         self.current = request
         self.requests.append(request)
         if self.access_log is not None:
@@ -375,7 +381,10 @@ class HttpConnection(asyncio.Protocol):
     # -- request completion ----------------------------------------------------------
 
     def _route(self, request: Request) -> None:
-        request.group = self.pool.route(request, request.host, request.path)
+        if request.group is None:
+            request.fail(404, "No application is configured for this host name and URI")
+        else:
+            request.group.route(request)
 
     def request_finished(self, request: Request) -> None:
         if self.access_log is not None:

@@ -20,7 +20,7 @@ from passenger.common.instance_dir import InstanceDir
 from passenger.common.log_records import LogLineHandler, LogLineWriter
 from passenger.common.process_title import HELPER_AGENT, set_title
 from passenger.common.startup_protocol import read_startup_document, report_error, report_ready
-from passenger.helper_agent.admin_api import AdminConnection
+from passenger.helper_agent.admin_api import AdminConnection, admin_routes
 from passenger.helper_agent.http_front import HttpConnection
 from passenger.helper_agent.pool import Pool
 
@@ -61,10 +61,7 @@ class HelperAgent:
         admin_path = str(self.instance.admin_socket)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(admin_path)
-        routes = {
-            (b"GET", b"/ping.json"): lambda body: (200, {"status": "ok"}),
-            (b"GET", b"/pool.json"): lambda body: (200, pool.snapshot()),
-        }
+        routes = admin_routes(pool)
         old_umask = os.umask(0o177)
         try:
             admin = await loop.create_unix_server(lambda: AdminConnection(routes), admin_path)
