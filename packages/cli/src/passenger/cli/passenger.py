@@ -30,7 +30,7 @@ from passenger.common.startup_protocol import encode_document, parse_feedback
 START_USAGE = """Start Passenger Standalone and serve the app in APP_DIR (default: .).
 
 Usage:
-  passenger start [APP_DIR] [options]
+  passenger start [APP_DIR] [--app SPEC]... [options]
 
 Server options:
   -a HOST, --address HOST          Bind to the given address. Default: 0.0.0.0
@@ -54,9 +54,36 @@ Application loading options:
                                    Default: the Python running this command
   --startup-file FILENAME          The WSGI file. Default: passenger_wsgi.py
 
+Several apps in one server:
+  --app SPEC                       Serve another app: [HOST][/BASE_URI]=PATH, e.g.
+                                   example.com=/srv/site or /blog=/srv/blog (repeatable;
+                                   Passengerfile.json "apps" takes per-app options too).
+                                   With --app, only the listed apps are served.
+
 Process management options:
   --max-pool-size NUMBER           Maximum number of application processes. Default: 6
   --min-instances NUMBER           Minimum number of processes per application. Default: 1
+  --max-instances-per-app NUMBER   Maximum processes per application (0: no limit).
+                                   Default: 0
+  --pool-idle-time SECONDS         Stop a process idle this long, never going below
+                                   the minimum number of processes (0: never).
+                                   Default: 300
+  --memory-limit MB                Replace a process whose private dirty RSS exceeds
+                                   this (0: no limit). Default: 0
+  --max-requests NUMBER            Replace a process after this many requests
+                                   (0: never). Default: 0
+  --max-requests-jitter NUMBER     Add 0..N to each process's maximum number of
+                                   requests so that processes do not recycle together.
+                                   Default: 0
+
+Request handling options:
+  --max-request-queue-size NUMBER  Requests an app may queue (0: no limit). Default: 100
+  --request-queue-overflow-status-code CODE
+                                   Status when the queue is full. Default: 503
+  --max-request-queue-time SECONDS A request waiting longer gets 504 (0: no limit).
+                                   Default: 0
+  --max-request-time SECONDS       A request running longer gets 504 and its process is
+                                   replaced (0: no limit). Default: 0
   --start-timeout SECONDS          Time an application process may take to start.
                                    Default: 90
   --graceful-timeout SECONDS       On stop, time in-flight requests may take to finish
@@ -93,7 +120,8 @@ DAEMON_START_TIMEOUT = 300.0
 
 
 def cli_values(args: dict[str, object]) -> dict[str, object]:
-    values: dict[str, object] = {"app_root": args.get("APP_DIR")}
+    values: dict[str, object] = {"app_root": args.get("APP_DIR"),
+                                 "apps": args.get("--app") or None}
     for key, value in args.items():
         if key.startswith("--"):
             name = key[2:].replace("-", "_")

@@ -140,7 +140,7 @@ OPTIONS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fie
 
 
 def flag_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
+    return "--app" if name == "apps" else "--" + name.replace("_", "-")
 
 
 def env_name(name: str) -> str:

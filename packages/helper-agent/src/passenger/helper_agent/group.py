@@ -66,6 +66,7 @@ class Group:
         self.spawn_task: asyncio.Task[None] | None = None
         self.last_spawn_error = ""
         self.stopping = False
+        self.used_request_limits: set[int] = set()
         self.requests_rejected = 0
         self.requests_timed_out = 0
 
@@ -290,33 +291,48 @@ class Group:
         retiring = sum(1 for p in self.active() if p.retiring)
         if limit and self.capacity_used() - retiring >= limit:
             return False
-        # A successor may go over the pool size: its predecessor leaves when it is ready.
-        return retiring > 0 or self.pool.has_capacity() or self.pool.free_capacity_for(self)
+        if retiring:  # a successor may go over the pool size: its predecessor will leave
+            return True
+        if not self.queue:
+            # Only --min-instances wants it: free room goes first to an app whose
+            # requests wait with no process, and no other app's process is taken.
+            return self.pool.has_capacity() and not self.pool.starving_groups(self)
+        return self.pool.has_capacity() or self.pool.free_capacity_for(self)
 
     def maybe_spawn(self) -> None:
         if self.spawn_task is None and self.wants_process() and self.may_spawn():
+            self.spawning += 1  # the room is taken now, before the task first runs
             self.spawn_task = asyncio.get_running_loop().create_task(self._spawn_loop())
 
     async def _spawn_loop(self) -> None:
+        """Spawn one process at a time while the group wants one and may have it; each
+        turn's room is reserved (`spawning`) before the spawn starts."""
         delay = SPAWN_RETRY_FIRST
+        reserved = True
         try:
-            while self.wants_process() and self.may_spawn():
-                self.spawning += 1
+            while True:
                 try:
                     process = await self.spawner.spawn()
                 except SpawnError as exc:
+                    self.spawning -= 1
+                    reserved = False
                     self._spawn_failed(exc)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, SPAWN_RETRY_MAX)
-                    continue
-                finally:
+                else:
                     self.spawning -= 1
-                delay = SPAWN_RETRY_FIRST
-                self.last_spawn_error = ""
-                if process.state is not ProcessState.SPAWNING:  # died right after starting
-                    continue
-                self._enable(process)
+                    reserved = False
+                    delay = SPAWN_RETRY_FIRST
+                    self.last_spawn_error = ""
+                    if process.state is ProcessState.SPAWNING:  # not dead already
+                        self._enable(process)
+                if not (self.wants_process() and self.may_spawn()):
+                    break
+                self.spawning += 1
+                reserved = True
         finally:
+            if reserved:
+                self.spawning -= 1
             self.spawn_task = None
         if self.queue and not self.processes:
             self.pool.wait_for_capacity(self)
@@ -337,15 +353,20 @@ class Group:
         self.dispatch_queue()
 
     def _request_limit(self) -> int:
-        """--max-requests plus a jitter no other live process of this app has, so that
-        processes do not all recycle at the same moment."""
+        """--max-requests plus a jitter that no live process of this app has and, while
+        any are left, that no earlier one had: processes never recycle together."""
         if not self.config.max_requests:
             return 0
-        taken = {p.request_limit for p in self.active()}
+        live = {p.request_limit for p in self.active()}
         choices = [self.config.max_requests + j
                    for j in range(self.config.max_requests_jitter + 1)]
-        free = [c for c in choices if c not in taken] or choices
-        return random.choice(free)
+        fresh = [c for c in choices if c not in live and c not in self.used_request_limits]
+        if not fresh:
+            self.used_request_limits.clear()
+            fresh = [c for c in choices if c not in live] or choices
+        limit = random.choice(fresh)
+        self.used_request_limits.add(limit)
+        return limit
 
     def _spawn_failed(self, exc: SpawnError) -> None:
         self.last_spawn_error = str(exc)

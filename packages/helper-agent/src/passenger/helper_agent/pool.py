@@ -79,6 +79,11 @@ class Pool:
         owner.shut_down(process, f"the pool is full and {group.name} needs room")
         return True
 
+    def starving_groups(self, other_than: Group) -> list[Group]:
+        """Apps with requests waiting and no process to serve them."""
+        return [g for g in self.groups
+                if g is not other_than and g.queue and not g.active() and not g.spawning]
+
     def wait_for_capacity(self, group: Group) -> None:
         if group not in self.waiting:
             self.waiting.append(group)
