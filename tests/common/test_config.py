@@ -65,3 +65,35 @@ def test_missing_app_dir_is_an_error(tmp_path: Path) -> None:
 def test_json_round_trip(tmp_path: Path) -> None:
     config = resolve({"app_root": str(tmp_path), "port": "3001"}, environ={})
     assert ServerConfig.from_json(config.to_json()) == config
+
+
+def test_app_flags_become_routed_apps_with_their_own_options(tmp_path: Path) -> None:
+    blog = tmp_path / "blog"
+    blog.mkdir()
+    (tmp_path / "Passengerfile.json").write_text(json.dumps({"apps": [
+        {"app_root": str(blog), "base_uri": "/blog", "server_names": ["Example.com"],
+         "min_instances": 2, "max_requests": 10}]}))
+    config = resolve({"app_root": str(tmp_path)}, environ={})
+    ((route, app),) = config.app_configs()
+    assert app.app_root == str(blog) and app.min_instances == 2 and app.max_requests == 10
+    assert app.max_pool_size == config.max_pool_size  # pool-wide options stay shared
+    assert route.matches("example.com", "/blog/x") and route.matches("example.com", "/blog")
+    assert not route.matches("example.com", "/blogger")
+    assert not route.matches("other.org", "/blog/x")
+    flags = resolve({"app_root": str(tmp_path), "apps": [f"/b={blog}", f"h.org={blog}"]},
+                    environ={})
+    routes = [r for r, _ in flags.app_configs()]
+    assert [(r.server_names, r.base_uri) for r in routes] == [((), "/b"), (("h.org",), "/")]
+
+
+@pytest.mark.parametrize(("apps", "message"), [
+    (["nonsense"], "--app: 'nonsense' is not [HOST][/URI]=PATH"),
+    (["/x=/nonexistent"], "--app[0]: '/nonexistent' is not a directory"),
+    ([{"app_root": "."}, {"base_uri": "/x"}], "--app[1]: each app needs an 'app_root'"),
+    ([{"app_root": ".", "port": 1}], "--app[0] 'port': not a per-app option; allowed:"),
+    ([{"app_root": ".", "max_requests": -1}], "--app[0] 'max_requests': -1 is out of range"),
+])
+def test_bad_app_specs_are_named(tmp_path: Path, apps: list[object], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        resolve({"app_root": str(tmp_path), "apps": apps}, environ={})
+    assert message in str(err.value)
