@@ -3,6 +3,7 @@ with real processes and real signals."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -48,8 +49,8 @@ def test_logging_agent_killed_five_times_loses_and_duplicates_nothing() -> None:
                 pid = server.agent_pid("PassengerLoggingAgent")
                 os.kill(pid, signal.SIGKILL)
                 kills.append(pid)
-                wait_for(lambda p=pid: server.find_agent_pid("PassengerLoggingAgent") not in (p, None), 5,
-                         message="a new logging agent")
+                wait_for(lambda p=pid: server.find_agent_pid("PassengerLoggingAgent")
+                         not in (p, None), 5, message="a new logging agent")
             time.sleep(0.3)
         answered = {i for i, status, _ in loop.results if status == 200}
         assert len(answered) > 200 and len(set(kills)) == 5
@@ -160,10 +161,8 @@ def test_daemonize_then_stop_leaves_nothing_running(tmp_path: Path) -> None:
         assert again.returncode == 1 and "not running" in again.stderr
     finally:
         for pid in server.seen_pids:
-            try:
+            with contextlib.suppress(psutil.Error):
                 psutil.Process(pid).kill()
-            except psutil.Error:
-                pass
 
 
 def test_logrotate_rename_and_reopen_loses_no_line() -> None:
