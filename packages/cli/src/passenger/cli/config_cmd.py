@@ -4,7 +4,8 @@ Usage:
   passenger-config list-instances [--json]
   passenger-config reopen-logs [--instance NAME]
   passenger-config detach-process [--instance NAME] [--ignore-nonexistant-pid] <PID>
-  passenger-config restart-app [--instance NAME] [--ignore-app-not-running] <APP_PATH_PREFIX>
+  passenger-config restart-app [--instance NAME] [--ignore-app-not-running]
+                               [--rolling-restart] <APP_PATH_PREFIX>
   passenger-config (-h | --help)
   passenger-config --version
 
@@ -15,6 +16,8 @@ Commands:
                     active requests are finished (`kill` would abort them).
   restart-app       Restart every app whose path begins with APP_PATH_PREFIX (`.`: the
                     current directory): its processes shut down, fresh ones spawn.
+                    With --rolling-restart, one process at a time, each only once its
+                    successor is ready; if the new code fails, the old processes serve on.
 
 Options:
   --instance NAME   The Passenger instance to select (when several run).
@@ -97,7 +100,8 @@ def restart_app(args: dict[str, Any]) -> None:
     prefix = os.path.abspath(prefix) if prefix == "." or not prefix.startswith("/") else prefix
     instance = _instance(args["--instance"])
     result = _admin_post(instance, "/pool/restart_app_group.json",
-                         {"app_root_prefix": prefix}, bool(args["--ignore-app-not-running"]))
+                         {"app_root_prefix": prefix, "rolling": bool(args["--rolling-restart"])},
+                         bool(args["--ignore-app-not-running"]))
     for name in (result or {}).get("restarted", []):  # type: ignore[attr-defined]
         print(f"Restarting {name}")
 

@@ -53,6 +53,24 @@ Application loading options:
   --python FILENAME                Executable to use for Python apps.
                                    Default: the Python running this command
   --startup-file FILENAME          The WSGI file. Default: passenger_wsgi.py
+  --app-start-command COMMAND      Run this command instead (any language): it must
+                                   serve HTTP on the port given in $PORT
+  --spawn-method NAME              smart (load the app once in a preloader, then fork
+                                   each process from it) or direct. Default: smart
+  --max-preloader-idle-time SECONDS
+                                   Stop an unused preloader after this long (0: never).
+                                   Default: 300
+  --concurrency-model NAME         process (one request at a time per process) or
+                                   thread. Default: process
+  --thread-count NUMBER            Requests at once per process with the thread model.
+                                   Default: 1
+  --friendly-error-pages           Show spawn errors in detail in the browser (the
+                                   default unless the environment is staging or
+                                   production)
+  --no-friendly-error-pages        Show a plain error page instead
+  --restart-dir PATH               Where restart.txt and always_restart.txt are, relative
+                                   to the app dir. Default: tmp
+  --stat-throttle-rate SECONDS     Look at restart.txt at most this often. Default: 10
 
 Several apps in one server:
   --app SPEC                       Serve another app: [HOST][/BASE_URI]=PATH, e.g.
@@ -122,10 +140,12 @@ DAEMON_START_TIMEOUT = 300.0
 def cli_values(args: dict[str, object]) -> dict[str, object]:
     values: dict[str, object] = {"app_root": args.get("APP_DIR"),
                                  "apps": args.get("--app") or None}
+    if args.get("--friendly-error-pages") or args.get("--no-friendly-error-pages"):
+        values["friendly_error_pages"] = str(bool(args["--friendly-error-pages"])).lower()
     for key, value in args.items():
         if key.startswith("--"):
             name = key[2:].replace("-", "_")
-            if name in OPTIONS:
+            if name in OPTIONS and name not in values:
                 # An absent flag is "not given", so that lower-precedence sources count.
                 values[name] = None if value is False else value
     return values

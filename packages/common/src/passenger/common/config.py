@@ -69,6 +69,25 @@ class ServerConfig:
                                  minimum=1, maximum=86400, per_app=True)
     startup_file: str = _option("passenger_wsgi.py", "The WSGI file that defines `application`",
                                 per_app=True)
+    app_start_command: str = _option("", "Run this command (it serves HTTP on $PORT) instead "
+                                         "of a WSGI file", per_app=True)
+    spawn_method: str = _option("smart", "How to start app processes",
+                                choices=("smart", "direct"), per_app=True)
+    max_preloader_idle_time: int = _option(300, "Seconds an idle preloader lives (0: forever)",
+                                           minimum=0, maximum=10**7, per_app=True)
+    concurrency_model: str = _option("process", "Requests per process: one (process) or "
+                                                "--thread-count (thread)",
+                                     choices=("process", "thread"), per_app=True)
+    thread_count: int = _option(1, "Threads per process with --concurrency-model thread",
+                                minimum=1, maximum=1000, per_app=True)
+    friendly_error_pages: str = _option("auto", "Show spawn errors in detail to the browser "
+                                                "(auto: unless the environment is staging or "
+                                                "production)",
+                                        choices=("auto", "true", "false"), per_app=True)
+    restart_dir: str = _option("tmp", "Where restart.txt and always_restart.txt live "
+                                      "(relative to the app root)", per_app=True)
+    stat_throttle_rate: int = _option(10, "Check restart.txt at most every N seconds",
+                                      minimum=0, maximum=86400, per_app=True)
     log_file: str = _option("", "Where to write log messages (default: in the app dir)")
     access_log: str = _option("", "Where to write the access log (default: none)")
     pid_file: str = _option("", "Where to store the PID file (default: in the app dir)")
@@ -109,6 +128,16 @@ class ServerConfig:
     def default_log_file(self) -> str:
         """Passenger Standalone's default: `log/passenger.<port>.log` if `log/` exists."""
         return self.log_file or standalone_file(self.app_root, "log", f"passenger.{self.port}.log")
+
+    @property
+    def concurrency(self) -> int:
+        return self.thread_count if self.concurrency_model == "thread" else 1
+
+    @property
+    def shows_friendly_error_pages(self) -> bool:
+        if self.friendly_error_pages == "auto":
+            return self.environment not in ("staging", "production")
+        return self.friendly_error_pages == "true"
 
     def default_pid_file(self) -> str:
         """Passenger Standalone's default: `tmp/pids/passenger.<port>.pid` if that dir exists."""

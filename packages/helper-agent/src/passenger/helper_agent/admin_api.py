@@ -3,7 +3,7 @@
     GET  /ping.json                     -> {"status": "ok"}
     GET  /pool.json                     -> the live pool: groups, processes, queues, counters
     POST /pool/detach_process.json      {"pid": N} -> shut that process down gracefully
-    POST /pool/restart_app_group.json   {"app_root_prefix": "/srv/app"} -> restart apps
+    POST /pool/restart_app_group.json   {"app_root_prefix": "/srv/app", "rolling": false}
 """
 
 from __future__ import annotations
@@ -59,7 +59,11 @@ def admin_routes(pool: Pool) -> dict[tuple[bytes, bytes], Handler]:
 
     def restart(body: bytes) -> tuple[int, Any]:
         prefix = _json_body(body, "app_root_prefix", str)
-        names = pool.restart(prefix)
+        try:
+            rolling = json.loads(body).get("rolling", False) is True
+        except AttributeError:
+            rolling = False
+        names = pool.restart(prefix, rolling)
         if not names:
             return 404, {"error": f"no app whose root begins with {prefix!r}"}
         return 200, {"restarted": names}

@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import random
 import signal
 import time
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from passenger.common.config import AppRoute, ServerConfig
 from passenger.helper_agent.app_process import AppProcess, ProcessState
+from passenger.helper_agent.error_pages import spawn_error_page
 from passenger.helper_agent.spawner import Spawner, SpawnError
 
 if TYPE_CHECKING:
@@ -40,7 +42,7 @@ class PendingRequest(Protocol):
     """A request as the pool sees it (implemented by the HTTP front end)."""
 
     def assign(self, process: AppProcess) -> None: ...
-    def fail(self, status: int, reason: str) -> None: ...
+    def fail(self, status: int, reason: str, page: str | None = None) -> None: ...
 
 
 QUEUE_FULL_PAGE = ("This website is under heavy load (queue full). We're sorry, too many "
@@ -67,12 +69,20 @@ class Group:
         self.last_spawn_error = ""
         self.stopping = False
         self.used_request_limits: set[int] = set()
+        self.rolling: list[AppProcess] = []  # old processes a rolling restart will replace
+        restart_dir = os.path.join(config.app_root, config.restart_dir)
+        self.restart_file = os.path.join(restart_dir, "restart.txt")
+        self.always_restart_file = os.path.join(restart_dir, "always_restart.txt")
+        self.restart_mtime = _mtime(self.restart_file)
+        self.next_restart_check = 0.0
         self.requests_rejected = 0
         self.requests_timed_out = 0
 
     # -- routing ---------------------------------------------------------------------
 
     def route(self, request: PendingRequest) -> None:
+        if time.monotonic() >= self.next_restart_check:
+            self._check_restart_files()
         best: AppProcess | None = None
         for p in self.processes:
             if p.accepts_requests and (best is None or (p.sessions, p.last_used)
@@ -259,12 +269,46 @@ class Group:
         return True
 
     def restart(self) -> int:
-        """Passenger's blocking restart: every process shuts down, fresh ones spawn."""
+        """Passenger's blocking restart: every process shuts down, fresh ones spawn (and
+        requests wait for them)."""
+        self.rolling.clear()
+        self.spawner.forget_loaded_code()
         old = [p for p in self.processes if p.state is ProcessState.ENABLED]
         for process in old:
             self.shut_down(process, "restarting the app")
         self.maybe_spawn()
         return len(old)
+
+    def rolling_restart(self) -> int:
+        """One process at a time, each replaced only once its successor is ready; if the
+        new code fails to spawn, the old processes keep serving."""
+        self.spawner.forget_loaded_code()
+        self.rolling = [p for p in self.active() if not p.retiring]
+        self._roll_next()
+        return len(self.rolling) + sum(1 for p in self.active() if p.retiring)
+
+    def _roll_next(self) -> None:
+        while self.rolling:
+            process = self.rolling.pop(0)
+            if process.state is ProcessState.ENABLED and not process.retiring:
+                self.replace(process, "rolling restart")
+                return
+        log.info("Rolling restart of %s done", self.name)
+
+    def _check_restart_files(self) -> None:
+        """tmp/restart.txt (when its mtime changes) and tmp/always_restart.txt (while it
+        exists), looked at no more often than --stat-throttle-rate."""
+        self.next_restart_check = time.monotonic() + self.config.stat_throttle_rate
+        mtime = _mtime(self.restart_file)
+        if mtime != self.restart_mtime:
+            self.restart_mtime = mtime
+            if mtime is not None:
+                log.info("%s changed; restarting %s", self.restart_file, self.name)
+                self.restart()
+                return
+        if os.path.exists(self.always_restart_file):
+            log.info("%s exists; restarting %s", self.always_restart_file, self.name)
+            self.restart()
 
     # -- spawning --------------------------------------------------------------------
 
@@ -350,6 +394,8 @@ class Group:
                             and p.state is ProcessState.ENABLED), None)
         if predecessor is not None:
             self.shut_down(predecessor, f"its successor {process.pid} is ready")
+            if predecessor.retiring == "rolling restart":
+                self._roll_next()
         self.dispatch_queue()
 
     def _request_limit(self) -> int:
@@ -373,8 +419,21 @@ class Group:
         details = "\n".join(exc.output[-20:])
         log.error("Could not spawn a process for %s: %s%s", self.name, exc,
                   f"\nApplication output:\n{details}" if details else "")
+        retiring = [p for p in self.active() if p.retiring]
+        if retiring:
+            # Resisting deployment errors: the old processes keep serving.
+            log.error("Keeping the %d old process(es) of %s serving: their replacement "
+                      "failed to spawn", len(retiring), self.name)
+            for process in retiring:
+                process.retiring = ""
+            self.rolling.clear()
+        if self.active():
+            return  # queued requests will be served by the processes that are there
+        page = spawn_error_page(self.app_root, str(exc), exc.output,
+                                self.spawner.app_environment(),
+                                self.config.shows_friendly_error_pages)
         while self.queue:
-            self._dequeue().fail(500, f"The application could not be started: {exc}")
+            self._dequeue().fail(500, f"The application could not be started: {exc}", page)
 
     # -- shutdown --------------------------------------------------------------------
 
@@ -419,3 +478,10 @@ class Group:
                 "retiring": p.retiring, **read_metrics(p.pid),
             } for p in self.processes],
         }
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None

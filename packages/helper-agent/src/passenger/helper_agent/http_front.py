@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import email.utils
 import logging
 import time
 from typing import TYPE_CHECKING, cast
@@ -20,6 +19,7 @@ import httptools
 from passenger.common import app_protocol as proto
 from passenger.common.log_records import LogLineWriter
 from passenger.helper_agent.app_process import AppProcess
+from passenger.helper_agent.error_pages import error_response, http_date, simple_page
 
 if TYPE_CHECKING:
     from passenger.helper_agent.group import Group
@@ -32,16 +32,7 @@ MAX_PIPELINED = 32
 NO_BODY_STATUSES = frozenset((204, 304))
 SKIPPED_HEADERS = frozenset((b"TRANSFER_ENCODING",))
 
-_date_cache: list[object] = [0, b""]
 _clf_cache: list[object] = [0, ""]
-
-
-def http_date() -> bytes:
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[0] = now
-        _date_cache[1] = email.utils.formatdate(now, usegmt=True).encode()
-    return _date_cache[1]  # type: ignore[return-value]
 
 
 def clf_time() -> str:
@@ -57,28 +48,6 @@ def _quoted(value: bytes) -> str:
     if not value:
         return "-"
     return value.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
-
-
-REASONS = {400: "Bad Request", 404: "Not Found", 413: "Content Too Large",
-           431: "Request Header Fields Too Large", 500: "Internal Server Error",
-           502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
-           505: "HTTP Version Not Supported"}
-
-
-def error_response(status: int, reason: str, close: bool, head_only: bool = False) -> bytes:
-    title = f"{status} {REASONS.get(status, 'Error')}"
-    body = (f"<!DOCTYPE html>\n<html><head><title>{title}</title></head><body>"
-            f"<h1>{title}</h1><p>{_escape(reason)}</p></body></html>\n").encode()
-    head = (f"HTTP/1.1 {title}\r\nContent-Type: text/html; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nCache-Control: no-cache, no-store\r\n").encode()
-    head += b"Date: " + http_date() + b"\r\n"
-    if close:
-        head += b"Connection: close\r\n"
-    return head + b"\r\n" + (b"" if head_only else body)
-
-
-def _escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 class Request:
@@ -128,11 +97,12 @@ class Request:
         if self.conn.writing_paused:
             process.channel.pause()
 
-    def fail(self, status: int, reason: str) -> None:
+    def fail(self, status: int, reason: str, page: str | None = None) -> None:
         if self.done:
             return
         self.keep_alive = False
-        response = error_response(status, reason, close=True, head_only=self.head_only)
+        response = error_response(status, page or simple_page(status, reason), close=True,
+                                  head_only=self.head_only)
         self.status = status
         self.bytes_sent = len(response) - response.index(b"\r\n\r\n") - 4
         self.conn.write(response)
@@ -283,7 +253,7 @@ class HttpConnection(asyncio.Protocol):
         if self.transport is None:
             return
         self.transport.pause_reading()
-        response = error_response(status, reason, close=True)
+        response = error_response(status, simple_page(status, reason), close=True)
         # Earlier pipelined requests are answered first; this error closes after them.
         unanswered = [r for r in self.requests if r is not self.current]
         if unanswered:

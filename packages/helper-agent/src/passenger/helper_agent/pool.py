@@ -151,10 +151,13 @@ class Pool:
     def detach(self, pid: int) -> bool:
         return any(g.detach(pid) for g in self.groups)
 
-    def restart(self, app_root_prefix: str) -> list[str]:
+    def restart(self, app_root_prefix: str, rolling: bool = False) -> list[str]:
         restarted = [g for g in self.groups if g.app_root.startswith(app_root_prefix)]
         for group in restarted:
-            group.restart()
+            if rolling:
+                group.rolling_restart()
+            else:
+                group.restart()
         return [g.name for g in restarted]
 
     async def stop(self, kill_after: float) -> None:

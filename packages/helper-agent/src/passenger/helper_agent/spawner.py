@@ -56,6 +56,9 @@ class Spawner:
         self.log_writer = log_writer
         self.owner = owner
 
+    def forget_loaded_code(self) -> None:
+        """After a restart new processes must load the app's code afresh."""
+
     def app_environment(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(PASSENGER_APP_ENV=self.config.environment, WSGI_ENV=self.config.environment,

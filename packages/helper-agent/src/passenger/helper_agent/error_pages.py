@@ -1,0 +1,68 @@
+"""The pages the server itself answers with: plain error pages, and the spawn error page
+(detailed with friendly error pages on, undisclosed otherwise, as Passenger)."""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Mapping
+
+REASONS = {400: "Bad Request", 404: "Not Found", 413: "Content Too Large",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+           505: "HTTP Version Not Supported"}
+
+_date_cache: list[object] = [0, b""]
+
+
+def http_date() -> bytes:
+    """The Date header's value, formatted once per second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
+    return _date_cache[1]  # type: ignore[return-value]
+
+
+def status_line(status: int) -> str:
+    return f"{status} {REASONS.get(status, 'Error')}"
+
+
+def simple_page(status: int, reason: str) -> str:
+    title = status_line(status)
+    return (f"<!DOCTYPE html>\n<html><head><title>{title}</title></head><body>"
+            f"<h1>{title}</h1><p>{html.escape(reason)}</p></body></html>\n")
+
+
+def error_response(status: int, page: str, close: bool, head_only: bool = False) -> bytes:
+    body = page.encode()
+    head = (f"HTTP/1.1 {status_line(status)}\r\nContent-Type: text/html; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\nCache-Control: no-cache, no-store\r\n").encode()
+    head += b"Date: " + http_date() + b"\r\n"
+    if close:
+        head += b"Connection: close\r\n"
+    return head + b"\r\n" + (b"" if head_only else body)
+
+
+def spawn_error_page(app_root: str, message: str, output: list[str],
+                     environment: Mapping[str, str], friendly: bool) -> str:
+    if not friendly:
+        return ("<!DOCTYPE html>\n<html><head><title>We're sorry, but something went wrong"
+                "</title></head><body><h1>We're sorry, but something went wrong.</h1>"
+                "<p>The issue has been logged for investigation. Please try again later.</p>"
+                "</body></html>\n")
+    env_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                       for k, v in sorted(environment.items()))
+    out = html.escape("\n".join(output)) or "(no output)"
+    return (
+        "<!DOCTYPE html>\n<html><head><title>Web application could not be started</title>"
+        "<style>body{font-family:sans-serif;margin:2em}pre{background:#f4f4f4;padding:1em;"
+        "overflow:auto}th{text-align:left;padding-right:1em}</style></head><body>"
+        "<h1>Web application could not be started</h1>"
+        f"<p>The application in <code>{html.escape(app_root)}</code> failed to start:</p>"
+        f"<pre class=\"error\">{html.escape(message)}</pre>"
+        f"<h2>Application output</h2><pre class=\"output\">{out}</pre>"
+        f"<h2>Environment</h2><table>{env_rows}</table>"
+        "<p>This page is shown because friendly error pages are on (the default outside "
+        "staging and production; <code>--no-friendly-error-pages</code> turns it off). "
+        "The error is in the log too.</p></body></html>\n")
