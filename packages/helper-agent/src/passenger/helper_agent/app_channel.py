@@ -24,7 +24,7 @@ class ResponseSink(Protocol):
 
 
 class AppChannel(asyncio.Protocol):
-    def __init__(self, on_response_end: Callable[[], None],
+    def __init__(self, on_response_end: Callable[[AppChannel], None],
                  on_lost: Callable[[], None]) -> None:
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -94,7 +94,7 @@ class AppChannel(asyncio.Protocol):
                 sink.on_response_abort(abort)
             else:
                 sink.on_response_end()
-        self._on_response_end()
+        self._on_response_end(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None

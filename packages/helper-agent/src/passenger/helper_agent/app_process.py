@@ -49,7 +49,7 @@ class AppProcess:
     spawn_started: float = field(default_factory=time.time)
     spawn_ended: float = 0.0
     last_used: float = 0.0
-    channel: AppChannel | None = None
+    channels: list[AppChannel] = field(default_factory=list)  # one per concurrent request
     exit_description: str = ""
     request_limit: int = 0        # --max-requests plus this process's jitter; 0: none
     retiring: str = ""            # why a replacement was asked for, while it is spawning
@@ -68,6 +68,9 @@ class AppProcess:
     @property
     def accepts_requests(self) -> bool:
         return self.state is ProcessState.ENABLED and self.sessions < self.concurrency
+
+    def free_channel(self) -> AppChannel | None:
+        return next((c for c in self.channels if c.sink is None and c.transport), None)
 
     @property
     def idle(self) -> bool:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from passenger.common.config import AppRoute, ServerConfig
+from passenger.helper_agent.app_channel import AppChannel
 from passenger.helper_agent.app_process import AppProcess, ProcessState
 from passenger.helper_agent.error_pages import spawn_error_page
 from passenger.helper_agent.spawner import Spawner, SpawnError
@@ -41,7 +42,7 @@ STOP_KILL_AFTER = 5.0  # after SIGTERM
 class PendingRequest(Protocol):
     """A request as the pool sees it (implemented by the HTTP front end)."""
 
-    def assign(self, process: AppProcess) -> None: ...
+    def assign(self, process: AppProcess, channel: AppChannel) -> None: ...
     def fail(self, status: int, reason: str, page: str | None = None) -> None: ...
 
 
@@ -62,7 +63,7 @@ class Group:
         self.processes: list[AppProcess] = []
         self.queue: collections.deque[PendingRequest] = collections.deque()
         self.queue_timers: dict[PendingRequest, asyncio.TimerHandle] = {}
-        self.request_timers: dict[AppProcess, asyncio.TimerHandle] = {}
+        self.request_timers: dict[AppChannel, asyncio.TimerHandle] = {}
         self.spawner = make_spawner(self)
         self.spawning = 0
         self.spawn_task: asyncio.Task[None] | None = None
@@ -108,12 +109,14 @@ class Group:
             self.pool.wait_for_capacity(self)
 
     def _assign(self, process: AppProcess, request: PendingRequest) -> None:
+        channel = process.free_channel()
+        assert channel is not None, "a process with sessions < concurrency has a free channel"
         process.sessions += 1
         process.last_used = time.time()
         if self.config.max_request_time:
-            self.request_timers[process] = asyncio.get_running_loop().call_later(
-                self.config.max_request_time, self._request_timed_out, process)
-        request.assign(process)
+            self.request_timers[channel] = asyncio.get_running_loop().call_later(
+                self.config.max_request_time, self._request_timed_out, process, channel)
+        request.assign(process, channel)
 
     def _dequeue(self) -> PendingRequest:
         request = self.queue.popleft()
@@ -149,25 +152,25 @@ class Group:
             request.fail(504, f"The request waited more than "
                               f"{self.config.max_request_queue_time} s in the queue")
 
-    def _request_timed_out(self, process: AppProcess) -> None:
-        self.request_timers.pop(process, None)
+    def _request_timed_out(self, process: AppProcess, channel: AppChannel) -> None:
+        self.request_timers.pop(channel, None)
         self.requests_timed_out += 1
         log.warning("A request to app process %d (%s) ran longer than --max-request-time "
                     "%d s; answering 504 and replacing the process", process.pid, self.name,
                     self.config.max_request_time)
-        self._fail_in_flight(process, 504, f"The application did not answer within "
-                                           f"{self.config.max_request_time} s")
+        self._fail_channel(process, channel, 504, f"The application did not answer within "
+                                                  f"{self.config.max_request_time} s")
         if process.state is ProcessState.ENABLED:
             process.change_state(ProcessState.SHUTTING_DOWN)
         process.kill()
 
     # -- events from processes -------------------------------------------------------
 
-    def on_session_closed(self, process: AppProcess) -> None:
+    def on_session_closed(self, process: AppProcess, channel: AppChannel) -> None:
         process.sessions -= 1
         process.processed += 1
         process.last_used = time.time()
-        timer = self.request_timers.pop(process, None)
+        timer = self.request_timers.pop(channel, None)
         if timer is not None:
             timer.cancel()
         if process.state is ProcessState.SHUTTING_DOWN:
@@ -203,24 +206,25 @@ class Group:
             process.kill_timer.cancel()
         self._fail_in_flight(process, 502, f"the application process exited with "
                                            f"{process.exit_description}")
-        if process.channel is not None:
-            process.channel.close()
+        for channel in process.channels:
+            channel.close()
         self.dispatch_queue()
         self.maybe_spawn()
         self.pool.on_capacity_freed()
 
     def _fail_in_flight(self, process: AppProcess, status: int, reason: str) -> None:
-        timer = self.request_timers.pop(process, None)
+        for channel in process.channels:
+            self._fail_channel(process, channel, status, reason)
+
+    def _fail_channel(self, process: AppProcess, channel: AppChannel, status: int,
+                      reason: str) -> None:
+        timer = self.request_timers.pop(channel, None)
         if timer is not None:
             timer.cancel()
-        channel = process.channel
-        if channel is not None and channel.sink is not None:
+        if channel.sink is not None:
             sink, channel.sink = channel.sink, None
             process.sessions = max(0, process.sessions - 1)
-            if status == 502:
-                sink.on_response_abort(reason)
-            else:
-                sink.on_response_abort(reason, status=status)
+            sink.on_response_abort(reason, status=status)
 
     # -- replacing and stopping processes ----------------------------------------------
 

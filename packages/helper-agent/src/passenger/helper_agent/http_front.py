@@ -18,6 +18,7 @@ import httptools
 
 from passenger.common import app_protocol as proto
 from passenger.common.log_records import LogLineWriter
+from passenger.helper_agent.app_channel import AppChannel
 from passenger.helper_agent.app_process import AppProcess
 from passenger.helper_agent.error_pages import error_response, http_date, simple_page
 
@@ -53,7 +54,8 @@ def _quoted(value: bytes) -> str:
 class Request:
     """One request: queued, then bound to an app process, then relaying its response."""
 
-    __slots__ = ("body_done", "bytes_sent", "chunked", "conn", "done", "frames", "group",
+    __slots__ = ("body_done", "bytes_sent", "channel", "chunked", "conn", "done", "frames",
+                 "group",
                  "head_only", "http10", "keep_alive", "process", "response_started",
                  "started", "status")
 
@@ -69,6 +71,7 @@ class Request:
         self.response_started = False
         self.done = False
         self.process: AppProcess | None = None
+        self.channel: AppChannel | None = None
         self.group = group
         self.started = time.monotonic()
         self.status = 0
@@ -78,8 +81,8 @@ class Request:
 
     def feed_body(self, data: bytes) -> None:
         frame = proto.encode_chunk(data)
-        if self.process is not None and self.process.channel is not None:
-            self.process.channel.write(frame)
+        if self.channel is not None:
+            self.channel.write(frame)
         else:
             self.frames.append(frame)
 
@@ -89,13 +92,13 @@ class Request:
 
     # -- from the pool --------------------------------------------------------------
 
-    def assign(self, process: AppProcess) -> None:
+    def assign(self, process: AppProcess, channel: AppChannel) -> None:
         self.process = process
-        assert process.channel is not None
+        self.channel = channel
         frames, self.frames = self.frames, []
-        process.channel.start(self, b"".join(frames))
+        channel.start(self, b"".join(frames))
         if self.conn.writing_paused:
-            process.channel.pause()
+            channel.pause()
 
     def fail(self, status: int, reason: str, page: str | None = None) -> None:
         if self.done:
@@ -236,13 +239,13 @@ class HttpConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
-        if self.requests and self.requests[0].process and self.requests[0].process.channel:
-            self.requests[0].process.channel.pause()
+        if self.requests and self.requests[0].channel is not None:
+            self.requests[0].channel.pause()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        if self.requests and self.requests[0].process and self.requests[0].process.channel:
-            self.requests[0].process.channel.resume()
+        if self.requests and self.requests[0].channel is not None:
+            self.requests[0].channel.resume()
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:

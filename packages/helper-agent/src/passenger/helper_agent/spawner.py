@@ -44,7 +44,7 @@ class ProcessOwner(Protocol):
     connection."""
 
     def on_process_exit(self, process: AppProcess) -> None: ...
-    def on_session_closed(self, process: AppProcess) -> None: ...
+    def on_session_closed(self, process: AppProcess, channel: AppChannel) -> None: ...
     def on_channel_lost(self, process: AppProcess) -> None: ...
 
 
@@ -96,7 +96,8 @@ class Spawner:
             popen.stdin.write(encode_document({
                 "title": title, "feedback_fd": feedback_w, "socket_path": socket_path,
                 "app_root": self.config.app_root, "startup_file": self.config.startup_file,
-                "protocol_path": app_protocol.__file__}))
+                "protocol_path": app_protocol.__file__,
+                "concurrency": self.config.concurrency}))
             popen.stdin.flush()
         try:
             feedback = await asyncio.wait_for(read_feedback_line(feedback_r),
@@ -111,15 +112,18 @@ class Spawner:
             process.kill()
             raise SpawnError(str(message.get("message")), output)
         try:
-            _, channel = await loop.create_unix_connection(
-                lambda: AppChannel(on_response_end=lambda: self.owner.on_session_closed(process),
-                                   on_lost=lambda: self.owner.on_channel_lost(process)),
-                socket_path)
+            for _ in range(self.config.concurrency):
+                _, channel = await loop.create_unix_connection(
+                    lambda: AppChannel(
+                        on_response_end=lambda ch: self.owner.on_session_closed(process, ch),
+                        on_lost=lambda: self.owner.on_channel_lost(process)),
+                    socket_path)
+                process.channels.append(channel)
         except OSError as exc:
             process.kill()
             raise SpawnError(f"cannot connect to the app process's socket: {exc}",
                              output) from None
-        process.channel = channel
+        process.concurrency = self.config.concurrency
         return process
 
     def _forward_output(self, process: AppProcess, fd: int, kept: list[str]) -> None:

@@ -59,7 +59,7 @@ class Lifeline:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.busy = False
+        self.busy = 0  # requests in progress
         self.stop_requested = False
 
     def watch(self) -> None:
@@ -75,12 +75,12 @@ class Lifeline:
 
     def begin_request(self) -> None:
         with self.lock:
-            self.busy = True
+            self.busy += 1
 
     def end_request(self) -> None:
         with self.lock:
-            self.busy = False
-            if self.stop_requested:
+            self.busy -= 1
+            if self.stop_requested and not self.busy:
                 _exit_now()
 
 
@@ -279,20 +279,28 @@ def main() -> None:
         os._exit(1)
     os.write(feedback_fd, json.dumps({"status": "ready", "pid": os.getpid()}).encode() + b"\n")
     os.close(feedback_fd)
+    threaded = int(doc.get("concurrency", 1)) > 1
     base_environ = {
-        "wsgi.version": (1, 0), "wsgi.errors": sys.stderr, "wsgi.multithread": False,
+        "wsgi.version": (1, 0), "wsgi.errors": sys.stderr, "wsgi.multithread": threaded,
         "wsgi.multiprocess": True, "wsgi.run_once": False, "wsgi.input_terminated": True,
         "SCRIPT_NAME": "",
     }
     handler = RequestHandler(app, proto, base_environ)
-    while True:
-        conn, _ = listener.accept()
+
+    def serve(conn: socket.socket) -> None:
         try:
             handler.serve_connection(conn, lifeline)
         except (ConnectionError, OSError):
             pass
         finally:
             conn.close()
+
+    while True:
+        conn, _ = listener.accept()
+        if threaded:  # one persistent connection per thread (--thread-count of them)
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+        else:
+            serve(conn)
 
 
 if __name__ == "__main__":
