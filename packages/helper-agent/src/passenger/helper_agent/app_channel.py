@@ -23,8 +23,24 @@ class ResponseSink(Protocol):
     def on_response_abort(self, reason: str, status: int = 502) -> None: ...
 
 
+class Channel(Protocol):
+    """A way to send one request at a time to an app process and relay its response:
+    `AppChannel` (our frames over a Unix socket) or `HttpAppChannel` (HTTP to a generic
+    app)."""
+
+    sink: ResponseSink | None
+
+    @property
+    def available(self) -> bool: ...
+    def start(self, sink: ResponseSink, data: bytes) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def pause(self) -> None: ...
+    def resume(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class AppChannel(asyncio.Protocol):
-    def __init__(self, on_response_end: Callable[[AppChannel], None],
+    def __init__(self, on_response_end: Callable[[Channel], None],
                  on_lost: Callable[[], None]) -> None:
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
@@ -32,6 +48,10 @@ class AppChannel(asyncio.Protocol):
         self.head_seen = False
         self._on_response_end = on_response_end
         self._on_lost = on_lost
+
+    @property
+    def available(self) -> bool:
+        return self.transport is not None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from passenger.helper_agent.app_channel import AppChannel
+    from passenger.helper_agent.app_channel import Channel
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class AppProcess:
     spawn_started: float = field(default_factory=time.time)
     spawn_ended: float = 0.0
     last_used: float = 0.0
-    channels: list[AppChannel] = field(default_factory=list)  # one per concurrent request
+    channels: list[Channel] = field(default_factory=list)  # one per concurrent request
+    own_process_group: bool = False  # a generic app: signals go to its whole group
     exit_description: str = ""
     request_limit: int = 0        # --max-requests plus this process's jitter; 0: none
     retiring: str = ""            # why a replacement was asked for, while it is spawning
@@ -69,8 +70,8 @@ class AppProcess:
     def accepts_requests(self) -> bool:
         return self.state is ProcessState.ENABLED and self.sessions < self.concurrency
 
-    def free_channel(self) -> AppChannel | None:
-        return next((c for c in self.channels if c.sink is None and c.transport), None)
+    def free_channel(self) -> Channel | None:
+        return next((c for c in self.channels if c.sink is None and c.available), None)
 
     @property
     def idle(self) -> bool:
@@ -84,8 +85,11 @@ class AppProcess:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.popen.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if self.own_process_group:
+                    os.killpg(self.pid, sig)
+                else:
+                    os.kill(self.pid, sig)
 
 
 def describe_exit(returncode: int) -> str:

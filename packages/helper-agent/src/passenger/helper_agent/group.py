@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from passenger.common.config import AppRoute, ServerConfig
-from passenger.helper_agent.app_channel import AppChannel
+from passenger.helper_agent.app_channel import Channel
 from passenger.helper_agent.app_process import AppProcess, ProcessState
 from passenger.helper_agent.error_pages import spawn_error_page
 from passenger.helper_agent.spawner import Spawner, SpawnError
@@ -42,7 +42,7 @@ STOP_KILL_AFTER = 5.0  # after SIGTERM
 class PendingRequest(Protocol):
     """A request as the pool sees it (implemented by the HTTP front end)."""
 
-    def assign(self, process: AppProcess, channel: AppChannel) -> None: ...
+    def assign(self, process: AppProcess, channel: Channel) -> None: ...
     def fail(self, status: int, reason: str, page: str | None = None) -> None: ...
 
 
@@ -63,7 +63,7 @@ class Group:
         self.processes: list[AppProcess] = []
         self.queue: collections.deque[PendingRequest] = collections.deque()
         self.queue_timers: dict[PendingRequest, asyncio.TimerHandle] = {}
-        self.request_timers: dict[AppChannel, asyncio.TimerHandle] = {}
+        self.request_timers: dict[Channel, asyncio.TimerHandle] = {}
         self.spawner = make_spawner(self)
         self.spawning = 0
         self.spawn_task: asyncio.Task[None] | None = None
@@ -152,7 +152,7 @@ class Group:
             request.fail(504, f"The request waited more than "
                               f"{self.config.max_request_queue_time} s in the queue")
 
-    def _request_timed_out(self, process: AppProcess, channel: AppChannel) -> None:
+    def _request_timed_out(self, process: AppProcess, channel: Channel) -> None:
         self.request_timers.pop(channel, None)
         self.requests_timed_out += 1
         log.warning("A request to app process %d (%s) ran longer than --max-request-time "
@@ -166,7 +166,7 @@ class Group:
 
     # -- events from processes -------------------------------------------------------
 
-    def on_session_closed(self, process: AppProcess, channel: AppChannel) -> None:
+    def on_session_closed(self, process: AppProcess, channel: Channel) -> None:
         process.sessions -= 1
         process.processed += 1
         process.last_used = time.time()
@@ -216,7 +216,7 @@ class Group:
         for channel in process.channels:
             self._fail_channel(process, channel, status, reason)
 
-    def _fail_channel(self, process: AppProcess, channel: AppChannel, status: int,
+    def _fail_channel(self, process: AppProcess, channel: Channel, status: int,
                       reason: str) -> None:
         timer = self.request_timers.pop(channel, None)
         if timer is not None:

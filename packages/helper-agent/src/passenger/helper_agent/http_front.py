@@ -18,7 +18,7 @@ import httptools
 
 from passenger.common import app_protocol as proto
 from passenger.common.log_records import LogLineWriter
-from passenger.helper_agent.app_channel import AppChannel
+from passenger.helper_agent.app_channel import Channel
 from passenger.helper_agent.app_process import AppProcess
 from passenger.helper_agent.error_pages import error_response, http_date, simple_page
 
@@ -71,7 +71,7 @@ class Request:
         self.response_started = False
         self.done = False
         self.process: AppProcess | None = None
-        self.channel: AppChannel | None = None
+        self.channel: Channel | None = None
         self.group = group
         self.started = time.monotonic()
         self.status = 0
@@ -92,7 +92,7 @@ class Request:
 
     # -- from the pool --------------------------------------------------------------
 
-    def assign(self, process: AppProcess, channel: AppChannel) -> None:
+    def assign(self, process: AppProcess, channel: Channel) -> None:
         self.process = process
         self.channel = channel
         frames, self.frames = self.frames, []

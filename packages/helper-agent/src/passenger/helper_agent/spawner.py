@@ -12,7 +12,9 @@ import contextlib
 import logging
 import os
 import secrets
+import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -26,11 +28,13 @@ from passenger.common.startup_protocol import (
     read_feedback_line,
 )
 from passenger.helper_agent import wsgi_loader
-from passenger.helper_agent.app_channel import AppChannel
+from passenger.helper_agent.app_channel import AppChannel, Channel
 from passenger.helper_agent.app_process import AppProcess, ProcessState, describe_exit
+from passenger.helper_agent.http_app_channel import HttpAppChannel
 
 log = logging.getLogger(__name__)
 MAX_OUTPUT_KEPT = 50
+GENERIC_POLL_INTERVAL = 0.05
 
 
 class SpawnError(RuntimeError):
@@ -44,7 +48,7 @@ class ProcessOwner(Protocol):
     connection."""
 
     def on_process_exit(self, process: AppProcess) -> None: ...
-    def on_session_closed(self, process: AppProcess, channel: AppChannel) -> None: ...
+    def on_session_closed(self, process: AppProcess, channel: Channel) -> None: ...
     def on_channel_lost(self, process: AppProcess) -> None: ...
 
 
@@ -66,6 +70,51 @@ class Spawner:
         return env
 
     async def spawn(self) -> AppProcess:
+        if self.config.app_start_command:
+            return await self._spawn_generic()
+        return await self._spawn_direct()
+
+    async def _spawn_generic(self) -> AppProcess:
+        """Any program that serves HTTP on $PORT: up when the port accepts connections."""
+        port = free_port()
+        output_r, output_w = os.pipe()
+        env = {**self.app_environment(), "PORT": str(port)}
+        try:
+            popen = subprocess.Popen(  # noqa: ASYNC220 (fork+exec is quick; we reap via pidfd)
+                ["/bin/sh", "-c", self.config.app_start_command], stdin=subprocess.PIPE,
+                stdout=output_w, stderr=output_w, cwd=self.config.app_root, env=env,
+                process_group=0)
+        except OSError as exc:
+            os.close(output_r)
+            raise SpawnError(f"cannot run /bin/sh: {exc}", []) from None
+        finally:
+            os.close(output_w)
+        process = AppProcess(popen=popen, socket_path=f"127.0.0.1:{port}",
+                             own_process_group=True)
+        output: list[str] = []
+        self._forward_output(process, output_r, output)
+        self._watch_exit(process)
+        deadline = time.monotonic() + self.config.start_timeout
+        while not await _port_accepts(port):
+            if popen.poll() is not None or process.state is not ProcessState.SPAWNING:
+                raise SpawnError(f"the command exited with "
+                                 f"{describe_exit(popen.returncode or 0)} before it served "
+                                 f"HTTP on port {port}: {self.config.app_start_command}",
+                                 output)
+            if time.monotonic() > deadline:
+                process.kill()
+                raise SpawnError(f"the command did not serve HTTP on port {port} within "
+                                 f"{self.config.start_timeout} seconds (--start-timeout); "
+                                 f"process {process.pid} killed", output)
+            await asyncio.sleep(GENERIC_POLL_INTERVAL)
+        for _ in range(self.config.concurrency):
+            process.channels.append(HttpAppChannel(
+                port, on_response_end=lambda ch: self.owner.on_session_closed(process, ch),
+                on_lost=lambda: self.owner.on_channel_lost(process)))
+        process.concurrency = self.config.concurrency
+        return process
+
+    async def _spawn_direct(self) -> AppProcess:
         loop = asyncio.get_running_loop()
         title = WSGI_APP_PREFIX + self.config.app_root
         socket_path = str(self.apps_dir / f"wsgi.{secrets.token_hex(8)}")
@@ -170,3 +219,18 @@ class Spawner:
             self.owner.on_process_exit(process)
 
         loop.add_reader(pidfd, exited)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _port_accepts(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    return True

@@ -1,0 +1,224 @@
+"""The connection to a generic app (`--app-start-command`): plain HTTP/1.1 to the port it
+was given in $PORT.
+
+It takes the same request frames as `AppChannel` (see `passenger.common.app_protocol`),
+turns them back into an HTTP request, and turns the app's HTTP response into the same
+calls on the request (`on_response_head` / `_body` / `_end`). A connection the app closes
+(HTTP/1.0 servers do after every response) is reopened for the next request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import cast
+
+import httptools
+
+from passenger.common import app_protocol as proto
+from passenger.helper_agent.app_channel import Channel, ResponseSink
+
+log = logging.getLogger(__name__)
+HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"te",
+                        b"trailer", b"upgrade", b"proxy-connection", b"content-length"))
+CGI_HEADERS = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
+
+
+def http_request_head(environ: dict[str, str]) -> tuple[bytes, bool]:
+    """-> (request line and headers, whether the body goes chunked)."""
+    lines = [f"{environ.get('REQUEST_METHOD', 'GET')} {environ.get('REQUEST_URI', '/')} "
+             f"HTTP/1.1"]
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            if key in ("HTTP_CONNECTION", "HTTP_KEEP_ALIVE", "HTTP_EXPECT"):
+                continue
+            lines.append(f"{key[5:].replace('_', '-').title()}: {value}")
+        elif key in CGI_HEADERS and value:
+            lines.append(f"{CGI_HEADERS[key]}: {value}")
+    chunked = "CONTENT_LENGTH" not in environ and environ.get("REQUEST_METHOD") not in (
+        "GET", "HEAD", "DELETE", "OPTIONS")
+    if chunked:
+        lines.append("Transfer-Encoding: chunked")
+    lines.append("X-Forwarded-For: " + environ.get("REMOTE_ADDR", ""))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), chunked
+
+
+class HttpAppChannel:
+    def __init__(self, port: int, on_response_end: Callable[[Channel], None],
+                 on_lost: Callable[[], None]) -> None:
+        self.port = port
+        self.sink: ResponseSink | None = None
+        self.transport: asyncio.Transport | None = None
+        self.available = True
+        self._on_response_end = on_response_end
+        self._on_lost = on_lost
+        self._pending = bytearray()     # framed request bytes not yet translated
+        self._outgoing: list[bytes] = []  # translated bytes waiting for a connection
+        self._head_seen = False
+        self._chunked = False
+        self._head_only = False
+        self._connecting = False
+        self._response_open = False
+
+    # -- the request side (same calls as AppChannel) -----------------------------------
+
+    def start(self, sink: ResponseSink, data: bytes) -> None:
+        self.sink = sink
+        self._head_seen = False
+        self._response_open = False
+        self._pending.clear()
+        self.write(data)
+
+    def write(self, data: bytes) -> None:
+        self._pending += data
+        while len(self._pending) >= 4:
+            n = proto.LENGTH.unpack_from(self._pending)[0]
+            if len(self._pending) < 4 + n:
+                return
+            payload = bytes(self._pending[4:4 + n])
+            del self._pending[:4 + n]
+            if not self._head_seen:
+                self._head_seen = True
+                environ = proto.decode_environ(payload)
+                self._head_only = environ.get("REQUEST_METHOD") == "HEAD"
+                head, self._chunked = http_request_head(environ)
+                self._send(head)
+            elif self._chunked:
+                self._send(b"%x\r\n%b\r\n" % (n, payload) if n else b"0\r\n\r\n")
+            elif n:
+                self._send(payload)
+
+    def _send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            return
+        self._outgoing.append(data)
+        if not self._connecting:
+            self._connecting = True
+            asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        try:
+            await asyncio.get_running_loop().create_connection(
+                lambda: _HttpAppProtocol(self), "127.0.0.1", self.port)
+        except OSError as exc:
+            self._connecting = False
+            self._outgoing.clear()
+            self._abort(f"cannot connect to the app on port {self.port}: {exc}")
+
+    def pause(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.available = False
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- the response side -------------------------------------------------------------
+
+    def connected(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self._connecting = False
+        outgoing, self._outgoing = self._outgoing, []
+        transport.write(b"".join(outgoing))
+
+    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
+                      content_length: int) -> None:
+        self._response_open = True
+        head = b"%d %b\r\n" % (status, reason or b"OK") + b"".join(
+            name + b": " + value + b"\r\n" for name, value in headers
+            if name.lower() not in HOP_BY_HOP)
+        if self.sink is not None:
+            self.sink.on_response_head(content_length, head)
+        if self._head_only:
+            self.response_done(reusable=False)
+
+    def response_body(self, data: bytes) -> None:
+        if self.sink is not None and not self._head_only:
+            self.sink.on_response_body(data)
+
+    def response_done(self, reusable: bool) -> None:
+        if not self._response_open:
+            return
+        self._response_open = False
+        if not reusable and self.transport is not None:
+            self.transport.close()
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.on_response_end()
+            self._on_response_end(self)
+
+    def disconnected(self, complete_on_eof: bool) -> None:
+        self.transport = None
+        if self._response_open and complete_on_eof:
+            self.response_done(reusable=False)  # a close-delimited body ended
+        elif self.sink is not None:
+            self._abort("the app closed the connection mid-request")
+
+    def _abort(self, reason: str) -> None:
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            sink.on_response_abort(reason)
+            self._on_response_end(self)
+        self._on_lost()
+
+
+class _HttpAppProtocol(asyncio.Protocol):
+    """One TCP connection to the app; parses its responses with httptools."""
+
+    def __init__(self, channel: HttpAppChannel) -> None:
+        self.channel = channel
+        self.parser = httptools.HttpResponseParser(self)
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.content_length = -1
+        self.close_delimited = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.channel.connected(cast(asyncio.Transport, transport))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            log.warning("Malformed response from the app on port %d: %s",
+                        self.channel.port, exc)
+            if self.channel.transport is not None:
+                self.channel.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.channel.disconnected(complete_on_eof=self.close_delimited)
+
+    def on_message_begin(self) -> None:
+        self.reason, self.headers, self.content_length = b"", [], -1
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        lname = name.lower()
+        if lname == b"content-length" and value.strip().isdigit():
+            self.content_length = int(value)
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
+            return  # an interim response: the real one follows
+        chunked = any(n.lower() == b"transfer-encoding" for n, _ in self.headers)
+        self.close_delimited = self.content_length < 0 and not chunked
+        self.channel.response_head(status, self.reason, self.headers, self.content_length)
+
+    def on_body(self, body: bytes) -> None:
+        self.channel.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if 100 <= self.parser.get_status_code() < 200:
+            return
+        self.channel.response_done(reusable=self.parser.should_keep_alive())
