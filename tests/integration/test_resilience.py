@@ -93,7 +93,7 @@ def test_killed_watchdog_leaves_nothing_and_the_next_cli_call_cleans_up() -> Non
         server.remember_descendants()
         started = set(server.seen_pids)
         instance = server.instance_dir()
-        assert instance is not None and len(started) == 5
+        assert instance is not None and len(started) == 6  # with the preloader
         os.kill(server.watchdog_pid, signal.SIGKILL)
         killed_at = time.monotonic()
         wait_for(lambda: all(is_gone(pid) for pid in started), 2.0,

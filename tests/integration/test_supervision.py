@@ -90,7 +90,7 @@ def test_ctrl_c_stops_every_process_and_removes_the_instance_directory() -> None
         assert instance is not None and instance.exists()
         server.remember_descendants()
         started = set(server.seen_pids)
-        assert len(started) == 5  # watchdog, two agents, two app processes
+        assert len(started) == 6  # watchdog, two agents, the preloader, two app processes
         os.kill(server.watchdog_pid, signal.SIGINT)
         assert server.proc is not None
         assert server.proc.wait(5) == 0
@@ -109,6 +109,8 @@ def test_ps_shows_the_four_kinds_of_titles(two_process_server: PassengerServer) 
                         capture_output=True, text=True, check=True).stdout
     titles = {line.split(None, 1)[1].strip() for line in ps.splitlines()}
     app = f"Passenger WsgiApp: {INSTRUMENTED_APP}"
-    assert {"PassengerWatchdog", "PassengerHelperAgent", "PassengerLoggingAgent", app} <= titles
+    preloader = f"Passenger AppPreloader: {INSTRUMENTED_APP}"
+    assert {"PassengerWatchdog", "PassengerHelperAgent", "PassengerLoggingAgent", app,
+            preloader} <= titles
     for pid in server.seen_pids:
         assert has_passenger_title(psutil.Process(pid))

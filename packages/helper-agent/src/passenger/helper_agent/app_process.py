@@ -8,10 +8,9 @@ import enum
 import logging
 import os
 import signal
-import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from passenger.helper_agent.app_channel import Channel
@@ -38,9 +37,39 @@ class InvalidTransition(RuntimeError):
     pass
 
 
+class ChildProcess(Protocol):
+    """What we need of a process we started: `subprocess.Popen`, or `AdoptedProcess`."""
+
+    pid: int
+    stdin: IO[bytes] | None
+    returncode: int | None
+
+    def poll(self) -> int | None: ...
+
+
+class AdoptedProcess:
+    """A worker forked by a preloader and adopted by us (we are a child subreaper): we
+    hold its lifeline and wait for it like for a child of our own."""
+
+    def __init__(self, pid: int, lifeline: IO[bytes]) -> None:
+        self.pid = pid
+        self.stdin: IO[bytes] | None = lifeline
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # not adopted (yet): its status is not ours to see
+                return None
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
 @dataclass(eq=False)
 class AppProcess:
-    popen: subprocess.Popen[bytes]
+    popen: ChildProcess
     socket_path: str
     concurrency: int = 1
     state: ProcessState = ProcessState.SPAWNING

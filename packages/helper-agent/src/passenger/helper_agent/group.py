@@ -447,6 +447,7 @@ class Group:
         self.stopping = True
         if self.spawn_task is not None:
             self.spawn_task.cancel()
+        self.spawner.stop_preloader("the server is stopping")
         while self.queue:
             self._dequeue().fail(503, "The server is shutting down")
         for p in list(self.processes):

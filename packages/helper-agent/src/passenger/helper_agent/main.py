@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ log = logging.getLogger("passenger.helper_agent.main")
 APP_STOP_TIMEOUT = 5.0  # after in-flight requests: SIGTERM, then SIGKILL after this
 ORPHAN_STOP_TIMEOUT = 1.0  # when the watchdog is gone: be quick
 LOG_FLUSH_INTERVAL = 0.2
+PR_SET_CHILD_SUBREAPER = 36
 
 
 class HelperAgent:
@@ -132,11 +134,21 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def become_subreaper() -> None:
+    """Workers forked by a preloader are orphaned on purpose (double fork) and adopted by
+    us, so we can wait for them and see how they ended."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        log.warning("Cannot become a child subreaper (errno %d): exit statuses of "
+                    "smart-spawned processes will be unknown", ctypes.get_errno())
+
+
 def main() -> None:
     set_title(HELPER_AGENT)
     doc = read_startup_document()
     agent = HelperAgent(doc)
     agent.configure_logging()
+    become_subreaper()
     loop = new_event_loop()
     try:
         code = loop.run_until_complete(agent.run())

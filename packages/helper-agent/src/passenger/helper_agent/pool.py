@@ -10,7 +10,9 @@ idle, which is then stopped for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from passenger.common.log_records import LogLineWriter
 from passenger.common.procfs import ProcessGone, ProcFS
 from passenger.helper_agent.app_process import AppProcess
 from passenger.helper_agent.group import Group
-from passenger.helper_agent.spawner import Spawner
+from passenger.helper_agent.spawner import WATCHED_PIDS, Spawner
 
 log = logging.getLogger(__name__)
 UPKEEP_INTERVAL = 1.0
@@ -118,6 +120,8 @@ class Pool:
             for group in self.groups:
                 self._stop_idle_processes(group, now)
                 self._enforce_memory_limit(group)
+                group.spawner.stop_idle_preloader()
+            reap_orphans()
 
     def _stop_idle_processes(self, group: Group, now: float) -> None:
         idle_time = self.config.pool_idle_time
@@ -184,3 +188,17 @@ class Pool:
             "log_lines_dropped": self.log_writer.dropped_total,
             "groups": groups,
         }
+
+
+def reap_orphans() -> None:
+    """As a child subreaper we inherit orphans that are not ours (say, an app's own
+    daemonized child): wait for those, leave the ones a pidfd watcher will reap."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid in WATCHED_PIDS:
+            return
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(info.si_pid, 0)

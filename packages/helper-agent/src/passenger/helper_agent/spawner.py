@@ -15,13 +15,14 @@ import secrets
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from passenger.common import app_protocol
 from passenger.common.config import ServerConfig
 from passenger.common.log_records import LogLineWriter, app_output_line
-from passenger.common.process_title import WSGI_APP_PREFIX
+from passenger.common.process_title import PRELOADER_PREFIX, WSGI_APP_PREFIX
 from passenger.common.startup_protocol import (
     encode_document,
     parse_feedback,
@@ -29,11 +30,19 @@ from passenger.common.startup_protocol import (
 )
 from passenger.helper_agent import wsgi_loader
 from passenger.helper_agent.app_channel import AppChannel, Channel
-from passenger.helper_agent.app_process import AppProcess, ProcessState, describe_exit
+from passenger.helper_agent.app_process import (
+    AdoptedProcess,
+    AppProcess,
+    ChildProcess,
+    ProcessState,
+    describe_exit,
+)
 from passenger.helper_agent.http_app_channel import HttpAppChannel
+from passenger.helper_agent.preloader import Preloader, PreloaderError
 
 log = logging.getLogger(__name__)
 MAX_OUTPUT_KEPT = 50
+WATCHED_PIDS: set[int] = set()  # processes whose exit a pidfd watcher will reap
 GENERIC_POLL_INTERVAL = 0.05
 
 
@@ -59,9 +68,13 @@ class Spawner:
         self.apps_dir = apps_dir
         self.log_writer = log_writer
         self.owner = owner
+        self.preloader: Preloader | None = None
+        self.warned_unsafe = False
 
     def forget_loaded_code(self) -> None:
         """After a restart new processes must load the app's code afresh."""
+        self.stop_preloader("the app is restarting")
+        self.warned_unsafe = False
 
     def app_environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -72,6 +85,15 @@ class Spawner:
     async def spawn(self) -> AppProcess:
         if self.config.app_start_command:
             return await self._spawn_generic()
+        if self.config.spawn_method == "smart":
+            preloader = await self._running_preloader()
+            if not preloader.unsafe:
+                return await self._spawn_smart()
+            if not self.warned_unsafe:
+                self.warned_unsafe = True
+                log.warning("%s cannot be preloaded safely (%s); spawning its processes "
+                            "directly", self.config.app_root, preloader.unsafe)
+            self.stop_preloader("not used: the app cannot be preloaded safely")
         return await self._spawn_direct()
 
     async def _spawn_generic(self) -> AppProcess:
@@ -92,8 +114,9 @@ class Spawner:
         process = AppProcess(popen=popen, socket_path=f"127.0.0.1:{port}",
                              own_process_group=True)
         output: list[str] = []
-        self._forward_output(process, output_r, output)
-        self._watch_exit(process)
+        self._forward_output(process.pid, output_r, output,
+                             keeping=lambda: process.state is ProcessState.SPAWNING)
+        self._adopt(process, None)
         deadline = time.monotonic() + self.config.start_timeout
         while not await _port_accepts(port):
             if popen.poll() is not None or process.state is not ProcessState.SPAWNING:
@@ -115,20 +138,101 @@ class Spawner:
         return process
 
     async def _spawn_direct(self) -> AppProcess:
-        loop = asyncio.get_running_loop()
-        title = WSGI_APP_PREFIX + self.config.app_root
-        socket_path = str(self.apps_dir / f"wsgi.{secrets.token_hex(8)}")
+        """A fresh interpreter running the loader."""
+        socket_path = self._socket_path()
+        popen, feedback_r, output = self._start_loader({"socket_path": socket_path})
+        process = AppProcess(popen=popen, socket_path=socket_path)
+        self._adopt(process, output)
+        return await self._finish_spawn(process, feedback_r, output)
+
+    async def _spawn_smart(self) -> AppProcess:
+        """A fork of the preloader, which has the app loaded already."""
+        preloader = await self._running_preloader()
+        socket_path = self._socket_path()
+        lifeline_r, lifeline_w = os.pipe()
+        output_r, output_w = os.pipe()
+        feedback_r, feedback_w = os.pipe()
+        try:
+            pid = await preloader.fork(
+                {"title": WSGI_APP_PREFIX + self.config.app_root,
+                 "socket_path": socket_path,
+                 "concurrency": self.config.concurrency},
+                [lifeline_r, output_w, feedback_w])
+        except PreloaderError as exc:
+            for fd in (lifeline_w, output_r, feedback_r):
+                os.close(fd)
+            raise SpawnError(str(exc), []) from None
+        finally:
+            for fd in (lifeline_r, output_w, feedback_w):
+                os.close(fd)
+        popen = AdoptedProcess(pid, os.fdopen(lifeline_w, "wb"))
+        output: list[str] = []
+        process = AppProcess(popen=popen, socket_path=socket_path)
+        self._forward_output(pid, output_r, output,
+                             keeping=lambda: process.state is ProcessState.SPAWNING)
+        self._adopt(process, None)
+        return await self._finish_spawn(process, feedback_r, output)
+
+    async def _running_preloader(self) -> Preloader:
+        if self.preloader is not None and self.preloader.alive:
+            return self.preloader
+        control, theirs = socket.socketpair()
+        try:
+            popen, feedback_r, output = self._start_loader(
+                {"mode": "preloader", "control_fd": theirs.fileno()}, pass_fds=(theirs,),
+                title=PRELOADER_PREFIX + self.config.app_root)
+        except SpawnError:
+            control.close()
+            raise
+        finally:
+            theirs.close()
+        preloader = Preloader(popen, control)
+        self._watch_exit(popen, lambda: self._preloader_exited(preloader))
+        message = await self._await_feedback(feedback_r, output, popen.pid,
+                                             lambda: preloader.stop())
+        preloader.unsafe = str(message.get("unsafe") or "")
+        log.info("Preloader %d for %s is ready", popen.pid, self.config.app_root)
+        self.preloader = preloader
+        return preloader
+
+    def _preloader_exited(self, preloader: Preloader) -> None:
+        if self.preloader is preloader:
+            self.preloader = None
+            log.info("Preloader %d for %s exited with %s", preloader.pid,
+                     self.config.app_root, describe_exit(preloader.popen.returncode or 0))
+
+    def stop_preloader(self, reason: str) -> None:
+        if self.preloader is not None:
+            log.info("Stopping preloader %d for %s: %s", self.preloader.pid,
+                     self.config.app_root, reason)
+            self.preloader.stop()
+            self.preloader = None
+
+    def stop_idle_preloader(self) -> None:
+        idle_time = self.config.max_preloader_idle_time
+        if (self.preloader is not None and idle_time
+                and time.monotonic() - self.preloader.last_used > idle_time):
+            self.stop_preloader(f"unused for {idle_time} s (--max-preloader-idle-time)")
+
+    def _socket_path(self) -> str:
+        return str(self.apps_dir / f"wsgi.{secrets.token_hex(8)}")
+
+    def _start_loader(self, extra: dict[str, Any], pass_fds: tuple[socket.socket, ...] = (),
+                      title: str = "") -> tuple[subprocess.Popen[bytes], int, list[str]]:
+        """Run the loader with the app's interpreter; -> (process, feedback fd, output)."""
+        title = title or WSGI_APP_PREFIX + self.config.app_root
         argv = [self.config.python, wsgi_loader.__file__]
+        longest = max(len(title.encode()), len((WSGI_APP_PREFIX + self.config.app_root).encode()))
         area = sum(len(a.encode()) + 1 for a in argv)
-        if area <= len(title.encode()):
-            argv.append(" " * (len(title.encode()) - area + 1))  # room for the title
+        if area <= longest:
+            argv.append(" " * (longest - area + 1))  # room for the title
         feedback_r, feedback_w = os.pipe()
         output_r, output_w = os.pipe()
         try:
-            popen = subprocess.Popen(  # noqa: ASYNC220 (fork+exec is quick; we reap via pidfd)
+            popen = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=output_w, stderr=output_w,
-                pass_fds=(feedback_w,), cwd=self.config.app_root,
-                env=self.app_environment())
+                pass_fds=(feedback_w, *(s.fileno() for s in pass_fds)),
+                cwd=self.config.app_root, env=self.app_environment())
         except OSError as exc:
             os.close(feedback_r)
             os.close(output_r)
@@ -136,30 +240,51 @@ class Spawner:
         finally:
             os.close(feedback_w)
             os.close(output_w)
-        process = AppProcess(popen=popen, socket_path=socket_path)
         output: list[str] = []
-        self._forward_output(process, output_r, output)
-        self._watch_exit(process)
+        starting = [True]
+        self._forward_output(popen.pid, output_r, output, keeping=lambda: starting[0])
         assert popen.stdin is not None
         with contextlib.suppress(BrokenPipeError):  # it died at once: the feedback says so
             popen.stdin.write(encode_document({
-                "title": title, "feedback_fd": feedback_w, "socket_path": socket_path,
+                "title": title, "feedback_fd": feedback_w,
+                "socket_path": self._socket_path(),
                 "app_root": self.config.app_root, "startup_file": self.config.startup_file,
                 "protocol_path": app_protocol.__file__,
-                "concurrency": self.config.concurrency}))
+                "concurrency": self.config.concurrency, **extra}))
             popen.stdin.flush()
+        return popen, feedback_r, output
+
+    async def _await_feedback(self, feedback_r: int, output: list[str], pid: int,
+                              kill: Callable[[], None]) -> dict[str, Any]:
         try:
             feedback = await asyncio.wait_for(read_feedback_line(feedback_r),
                                               self.config.start_timeout)
         except TimeoutError:
-            process.kill()
+            kill()
             raise SpawnError(f"the application did not start within "
                              f"{self.config.start_timeout} seconds (--start-timeout); "
-                             f"process {process.pid} killed", output) from None
+                             f"process {pid} killed", output) from None
         message = parse_feedback(feedback)
         if message["status"] != "ready":
-            process.kill()
+            kill()
             raise SpawnError(str(message.get("message")), output)
+        return message
+
+    def _adopt(self, process: AppProcess, output: list[str] | None) -> None:
+        """Watch the process's exit."""
+        self._watch_exit(process.popen, lambda: self._process_exited(process))
+
+    def _process_exited(self, process: AppProcess) -> None:
+        returncode = process.popen.returncode
+        process.exit_description = (describe_exit(returncode) if returncode is not None
+                                    else "an unknown status")
+        self.owner.on_process_exit(process)
+
+    async def _finish_spawn(self, process: AppProcess, feedback_r: int,
+                            output: list[str]) -> AppProcess:
+        loop = asyncio.get_running_loop()
+        await self._await_feedback(feedback_r, output, process.pid, process.kill)
+        socket_path = process.socket_path
         try:
             for _ in range(self.config.concurrency):
                 _, channel = await loop.create_unix_connection(
@@ -175,7 +300,10 @@ class Spawner:
         process.concurrency = self.config.concurrency
         return process
 
-    def _forward_output(self, process: AppProcess, fd: int, kept: list[str]) -> None:
+    def _forward_output(self, pid: int, fd: int, kept: list[str],
+                        keeping: Callable[[], bool]) -> None:
+        """Each line the process prints goes to the log as `App <pid> output: ...`; while
+        `keeping()`, the last lines are kept for a spawn error report too."""
         loop = asyncio.get_running_loop()
         os.set_blocking(fd, False)
         pending = bytearray()
@@ -198,25 +326,25 @@ class Spawner:
                 lines = [line for line in lines if line]
             for raw in lines:
                 line = raw.decode("utf-8", "replace").rstrip("\r")
-                self.log_writer.write(app_output_line(process.pid, line))
-                if process.state is ProcessState.SPAWNING:
+                self.log_writer.write(app_output_line(pid, line))
+                if keeping():
                     kept.append(line)
                     del kept[:-MAX_OUTPUT_KEPT]
 
         loop.add_reader(fd, readable)
 
-    def _watch_exit(self, process: AppProcess) -> None:
+    def _watch_exit(self, popen: ChildProcess, on_exit: Callable[[], None]) -> None:
         """A pidfd becomes readable the moment the process exits: no polling."""
         loop = asyncio.get_running_loop()
-        pidfd = os.pidfd_open(process.pid)
+        pidfd = os.pidfd_open(popen.pid)
+        WATCHED_PIDS.add(popen.pid)
 
         def exited() -> None:
             loop.remove_reader(pidfd)
             os.close(pidfd)
-            returncode = process.popen.poll()
-            process.exit_description = describe_exit(returncode if returncode is not None
-                                                     else 0)
-            self.owner.on_process_exit(process)
+            popen.poll()
+            WATCHED_PIDS.discard(popen.pid)
+            on_exit()
 
         loop.add_reader(pidfd, exited)
 

@@ -13,6 +13,7 @@ gone or wants us to stop: we exit, after the request in progress if there is one
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib.util
 import json
 import os
@@ -250,35 +251,42 @@ class RequestHandler:
                 close()
 
 
-def main() -> None:
-    doc = json.loads(sys.stdin.buffer.readline())
-    feedback_fd: int = doc["feedback_fd"]
-    set_process_title(doc["title"])
-    lifeline = Lifeline()
-    lifeline.watch()
+def report(feedback_fd: int, message: dict[str, Any]) -> None:
+    os.write(feedback_fd, json.dumps(message).encode() + b"\n")
+    os.close(feedback_fd)
+
+
+def report_failure(feedback_fd: int, exc: BaseException) -> None:
+    tb = traceback.format_exc()
+    sys.stderr.write(tb)
+    sys.stderr.flush()
+    report(feedback_fd, {"status": "error", "message": f"{type(exc).__name__}: {exc}",
+                         "traceback": tb})
+    os._exit(1)
+
+
+def load_app(doc: dict[str, Any]) -> tuple[Callable[..., Iterable[bytes]], ModuleType]:
+    proto = load_module("passenger_app_protocol", doc["protocol_path"])
+    os.chdir(doc["app_root"])
+    sys.path.insert(0, doc["app_root"])
+    module = load_module("passenger_wsgi", os.path.join(doc["app_root"], doc["startup_file"]))
+    app = getattr(module, "application", None)
+    if not callable(app):
+        raise RuntimeError(f"{doc['startup_file']} does not define a callable named "
+                           f"'application'")
+    return app, proto
+
+
+def run_worker(doc: dict[str, Any], app: Callable[..., Iterable[bytes]], proto: ModuleType,
+               lifeline: Lifeline, feedback_fd: int) -> None:
+    """Listen on our socket, say we are ready, and serve until the lifeline closes."""
     try:
-        proto = load_module("passenger_app_protocol", doc["protocol_path"])
-        os.chdir(doc["app_root"])
-        sys.path.insert(0, doc["app_root"])
-        module = load_module("passenger_wsgi", os.path.join(doc["app_root"],
-                                                            doc["startup_file"]))
-        app = getattr(module, "application", None)
-        if not callable(app):
-            raise RuntimeError(f"{doc['startup_file']} does not define a callable "
-                               f"named 'application'")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(doc["socket_path"])
         listener.listen(64)
-    except BaseException as exc:
-        tb = traceback.format_exc()
-        sys.stderr.write(tb)
-        sys.stderr.flush()
-        message = f"{type(exc).__name__}: {exc}"
-        os.write(feedback_fd, json.dumps({"status": "error", "message": message,
-                                          "traceback": tb}).encode() + b"\n")
-        os._exit(1)
-    os.write(feedback_fd, json.dumps({"status": "ready", "pid": os.getpid()}).encode() + b"\n")
-    os.close(feedback_fd)
+    except OSError as exc:
+        report_failure(feedback_fd, exc)
+    report(feedback_fd, {"status": "ready", "pid": os.getpid()})
     threaded = int(doc.get("concurrency", 1)) > 1
     base_environ = {
         "wsgi.version": (1, 0), "wsgi.errors": sys.stderr, "wsgi.multithread": threaded,
@@ -301,6 +309,98 @@ def main() -> None:
             threading.Thread(target=serve, args=(conn,), daemon=True).start()
         else:
             serve(conn)
+
+
+def run_preloader(doc: dict[str, Any], app: Callable[..., Iterable[bytes]],
+                  proto: ModuleType, feedback_fd: int) -> None:
+    """Smart spawning: the app is loaded once, here; each worker is forked from us, so the
+    loaded code is shared copy-on-write. gc.freeze() keeps the garbage collector from
+    writing to (and so un-sharing) those pages.
+
+    Command (helper agent -> us, on the control socket): one JSON line with the worker's
+    startup document, plus three fds (SCM_RIGHTS): its lifeline, its output pipe, its
+    feedback pipe. Answer: one JSON line {"pid": N}. EOF on the control socket: we exit.
+    """
+    # Our own lifeline thread is one; any other thread was started by the app, and a
+    # fork would silently lose it: the helper agent then spawns directly instead.
+    extra_threads = threading.active_count() - 2
+    unsafe = (f"the app started {extra_threads} thread(s) while loading, and forking "
+              f"would lose them" if extra_threads > 0 else "")
+    gc.collect()
+    gc.freeze()
+    report(feedback_fd, {"status": "ready", "pid": os.getpid(), "unsafe": unsafe})
+    control = socket.socket(fileno=doc["control_fd"])
+    while True:
+        line = b""
+        fds: list[int] = []
+        while not line.endswith(b"\n"):
+            data, new_fds, _flags, _addr = socket.recv_fds(control, 65536, 3)
+            if not data:
+                os._exit(0)  # the helper agent closed the control socket
+            line += data
+            fds += new_fds
+        command = json.loads(line)
+        pid = fork_worker(command, fds, app, proto, control)
+        control.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+
+
+def fork_worker(doc: dict[str, Any], fds: list[int], app: Callable[..., Iterable[bytes]],
+                proto: ModuleType, control: socket.socket) -> int:
+    """Double fork: the worker's parent exits at once, so the worker is adopted by the
+    helper agent (a child subreaper), which can then wait for it like any child."""
+    lifeline_fd, output_fd, feedback_fd = fds
+    pid_r, pid_w = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            worker = os.fork()
+            if worker == 0:
+                os.close(pid_r)
+                os.close(pid_w)
+                control.close()
+                become_worker(doc, lifeline_fd, output_fd, feedback_fd, app, proto)
+            os.write(pid_w, str(worker).encode())
+        finally:
+            os._exit(0)
+    os.close(pid_w)
+    pid = int(os.read(pid_r, 32) or b"0")
+    os.close(pid_r)
+    os.waitpid(middle, 0)
+    for fd in fds:
+        os.close(fd)
+    return pid
+
+
+def become_worker(doc: dict[str, Any], lifeline_fd: int, output_fd: int, feedback_fd: int,
+                  app: Callable[..., Iterable[bytes]], proto: ModuleType) -> None:
+    try:
+        os.dup2(lifeline_fd, 0)
+        os.dup2(output_fd, 1)
+        os.dup2(output_fd, 2)
+        os.close(lifeline_fd)
+        os.close(output_fd)
+        set_process_title(doc["title"])
+        lifeline = Lifeline()
+        lifeline.watch()
+        run_worker(doc, app, proto, lifeline, feedback_fd)
+    finally:
+        os._exit(1)
+
+
+def main() -> None:
+    doc = json.loads(sys.stdin.buffer.readline())
+    feedback_fd: int = doc["feedback_fd"]
+    set_process_title(doc["title"])
+    lifeline = Lifeline()
+    lifeline.watch()
+    try:
+        app, proto = load_app(doc)
+    except BaseException as exc:
+        report_failure(feedback_fd, exc)
+    if doc.get("mode") == "preloader":
+        run_preloader(doc, app, proto, feedback_fd)
+    else:
+        run_worker(doc, app, proto, lifeline, feedback_fd)
 
 
 if __name__ == "__main__":
