@@ -194,11 +194,11 @@ class PassengerServer:
 
 
 @contextlib.contextmanager
-def running_server(app_root: Path = HELLO_APP, *args: str,
+def running_server(app_root: Path = HELLO_APP, *args: str, start_timeout: float = 20.0,
                    **kwargs: Any) -> Iterator[PassengerServer]:
     server = PassengerServer(app_root, *args, **kwargs)
     try:
-        yield server.start()
+        yield server.start(timeout=start_timeout)
     finally:
         server.stop()
 

@@ -68,6 +68,7 @@ class Group:
         self.spawning = 0
         self.spawn_task: asyncio.Task[None] | None = None
         self.last_spawn_error = ""
+        self.failed_spawn_page = ""  # set while waiting to retry a failed spawn
         self.stopping = False
         self.used_request_limits: set[int] = set()
         self.rolling: list[AppProcess] = []  # old processes a rolling restart will replace
@@ -91,6 +92,11 @@ class Group:
                 best = p
         if best is not None:
             self._assign(best, request)
+            return
+        if self.failed_spawn_page and not self.active():
+            # Spawning keeps failing and we are waiting to retry: answer now, not later.
+            request.fail(500, f"The application could not be started: "
+                              f"{self.last_spawn_error}", self.failed_spawn_page)
             return
         limit = self.config.max_request_queue_size
         if limit and len(self.queue) >= limit:
@@ -365,7 +371,10 @@ class Group:
                     self.spawning -= 1
                     reserved = False
                     self._spawn_failed(exc)
-                    await asyncio.sleep(delay)
+                    try:
+                        await asyncio.sleep(delay)
+                    finally:
+                        self.failed_spawn_page = ""
                     delay = min(delay * 2, SPAWN_RETRY_MAX)
                 else:
                     self.spawning -= 1
@@ -436,6 +445,7 @@ class Group:
         page = spawn_error_page(self.app_root, str(exc), exc.output,
                                 self.spawner.app_environment(),
                                 self.config.shows_friendly_error_pages)
+        self.failed_spawn_page = page
         while self.queue:
             self._dequeue().fail(500, f"The application could not be started: {exc}", page)
 
