@@ -15,6 +15,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from passenger.helper_agent.app_channel import Channel
 
+
 log = logging.getLogger(__name__)
 
 
@@ -119,12 +120,3 @@ class AppProcess:
                     os.killpg(self.pid, sig)
                 else:
                     os.kill(self.pid, sig)
-
-
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"signal {-returncode}"
-    return f"exit status {returncode}"

@@ -12,6 +12,10 @@ REASONS = {400: "Bad Request", 404: "Not Found", 413: "Content Too Large",
            502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
            505: "HTTP Version Not Supported"}
 
+QUEUE_FULL_PAGE = ("This website is under heavy load (queue full). We're sorry, too many "
+                   "people are accessing this website at the same time. We're working on "
+                   "this problem. Please try again later.")
+
 _date_cache: list[object] = [0, b""]
 
 

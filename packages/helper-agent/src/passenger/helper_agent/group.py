@@ -17,8 +17,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
-import random
 import signal
 import time
 from collections.abc import Callable
@@ -27,7 +25,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from passenger.common.config import AppRoute, ServerConfig
 from passenger.helper_agent.app_channel import Channel
 from passenger.helper_agent.app_process import AppProcess, ProcessState
-from passenger.helper_agent.error_pages import spawn_error_page
+from passenger.helper_agent.error_pages import QUEUE_FULL_PAGE, spawn_error_page
+from passenger.helper_agent.recycling import RequestLimits
+from passenger.helper_agent.restart_files import RestartFiles
 from passenger.helper_agent.spawner import Spawner, SpawnError
 
 if TYPE_CHECKING:
@@ -44,11 +44,6 @@ class PendingRequest(Protocol):
 
     def assign(self, process: AppProcess, channel: Channel) -> None: ...
     def fail(self, status: int, reason: str, page: str | None = None) -> None: ...
-
-
-QUEUE_FULL_PAGE = ("This website is under heavy load (queue full). We're sorry, too many "
-                   "people are accessing this website at the same time. We're working on "
-                   "this problem. Please try again later.")
 
 
 class Group:
@@ -70,21 +65,21 @@ class Group:
         self.last_spawn_error = ""
         self.failed_spawn_page = ""  # set while waiting to retry a failed spawn
         self.stopping = False
-        self.used_request_limits: set[int] = set()
+        self.request_limits = RequestLimits(config.max_requests, config.max_requests_jitter)
         self.rolling: list[AppProcess] = []  # old processes a rolling restart will replace
-        restart_dir = os.path.join(config.app_root, config.restart_dir)
-        self.restart_file = os.path.join(restart_dir, "restart.txt")
-        self.always_restart_file = os.path.join(restart_dir, "always_restart.txt")
-        self.restart_mtime = _mtime(self.restart_file)
-        self.next_restart_check = 0.0
+        self.restart_files = RestartFiles(config.app_root, config.restart_dir,
+                                          config.stat_throttle_rate)
         self.requests_rejected = 0
         self.requests_timed_out = 0
 
     # -- routing ---------------------------------------------------------------------
 
     def route(self, request: PendingRequest) -> None:
-        if time.monotonic() >= self.next_restart_check:
-            self._check_restart_files()
+        if self.restart_files.due():
+            reason = self.restart_files.check()
+            if reason:
+                log.info("%s; restarting %s", reason, self.name)
+                self.restart()
         best: AppProcess | None = None
         for p in self.processes:
             if p.accepts_requests and (best is None or (p.sessions, p.last_used)
@@ -305,21 +300,6 @@ class Group:
                 return
         log.info("Rolling restart of %s done", self.name)
 
-    def _check_restart_files(self) -> None:
-        """tmp/restart.txt (when its mtime changes) and tmp/always_restart.txt (while it
-        exists), looked at no more often than --stat-throttle-rate."""
-        self.next_restart_check = time.monotonic() + self.config.stat_throttle_rate
-        mtime = _mtime(self.restart_file)
-        if mtime != self.restart_mtime:
-            self.restart_mtime = mtime
-            if mtime is not None:
-                log.info("%s changed; restarting %s", self.restart_file, self.name)
-                self.restart()
-                return
-        if os.path.exists(self.always_restart_file):
-            log.info("%s exists; restarting %s", self.always_restart_file, self.name)
-            self.restart()
-
     # -- spawning --------------------------------------------------------------------
 
     def active(self) -> list[AppProcess]:
@@ -396,7 +376,8 @@ class Group:
 
     def _enable(self, process: AppProcess) -> None:
         process.spawn_ended = process.last_used = time.time()
-        process.request_limit = self._request_limit()
+        process.request_limit = self.request_limits.choose(
+            {p.request_limit for p in self.active()})
         process.change_state(ProcessState.ENABLED)
         self.processes.append(process)
         log.info("App process %d (%s) is ready", process.pid, self.name)
@@ -410,22 +391,6 @@ class Group:
             if predecessor.retiring == "rolling restart":
                 self._roll_next()
         self.dispatch_queue()
-
-    def _request_limit(self) -> int:
-        """--max-requests plus a jitter that no live process of this app has and, while
-        any are left, that no earlier one had: processes never recycle together."""
-        if not self.config.max_requests:
-            return 0
-        live = {p.request_limit for p in self.active()}
-        choices = [self.config.max_requests + j
-                   for j in range(self.config.max_requests_jitter + 1)]
-        fresh = [c for c in choices if c not in live and c not in self.used_request_limits]
-        if not fresh:
-            self.used_request_limits.clear()
-            fresh = [c for c in choices if c not in live] or choices
-        limit = random.choice(fresh)
-        self.used_request_limits.add(limit)
-        return limit
 
     def _spawn_failed(self, exc: SpawnError) -> None:
         self.last_spawn_error = str(exc)
@@ -494,9 +459,3 @@ class Group:
             } for p in self.processes],
         }
 
-
-def _mtime(path: str) -> float | None:
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return None

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from passenger.common import app_protocol
 from passenger.common.config import ServerConfig
+from passenger.common.exit_status import describe_exit
 from passenger.common.log_records import LogLineWriter, app_output_line
 from passenger.common.process_title import PRELOADER_PREFIX, WSGI_APP_PREFIX
 from passenger.common.startup_protocol import (
@@ -35,7 +36,6 @@ from passenger.helper_agent.app_process import (
     AppProcess,
     ChildProcess,
     ProcessState,
-    describe_exit,
 )
 from passenger.helper_agent.http_app_channel import HttpAppChannel
 from passenger.helper_agent.preloader import Preloader, PreloaderError

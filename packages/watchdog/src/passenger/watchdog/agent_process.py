@@ -14,18 +14,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from passenger.common.exit_status import describe_exit
 from passenger.common.startup_protocol import encode_document, parse_feedback, read_feedback_line
 
 log = logging.getLogger(__name__)
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit status {code}"
 
 
 class AgentState(enum.Enum):

@@ -9,7 +9,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from passenger.watchdog.agent_process import AgentProcess, AgentStartupError, describe_exit
+from passenger.common.exit_status import describe_exit
+from passenger.watchdog.agent_process import AgentProcess, AgentStartupError
 
 log = logging.getLogger(__name__)
 
