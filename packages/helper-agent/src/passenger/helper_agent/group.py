@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from passenger.common.config import AppRoute, ServerConfig
+from passenger.common.exit_status import describe_exit
 from passenger.helper_agent.app_channel import Channel
 from passenger.helper_agent.app_process import AppProcess, ProcessState
 from passenger.helper_agent.error_pages import QUEUE_FULL_PAGE, spawn_error_page
@@ -189,7 +190,12 @@ class Group:
         """The connection to the app broke: the process is of no more use."""
         if process.state is ProcessState.ENABLED:
             process.change_state(ProcessState.SHUTTING_DOWN)
-        self._fail_in_flight(process, 502, "the application process closed its connection")
+        # Usually the connection closed because the process is dying: its exit (seen at
+        # once through its pidfd) then answers the request in flight with how it ended.
+        returncode = process.popen.poll()
+        if returncode is not None:
+            self._fail_in_flight(process, 502, f"the application process exited with "
+                                               f"{describe_exit(returncode)}")
         process.kill()
 
     def on_process_exit(self, process: AppProcess) -> None:
