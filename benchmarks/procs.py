@@ -3,7 +3,10 @@ makes sure nothing we started outlives the run.
 
 Every process the benchmark starts gets `PASSENGER_BENCH_RUN=<tag>` in its environment.
 Children inherit it (Passenger's daemonized watchdog and temp-dir toucher included, which
-re-parent to PID 1), so scanning /proc/*/environ finds all of them by that tag alone.
+re-parent to PID 1), so scanning /proc/*/environ finds them. Not all of them, though:
+setproctitle (our agents and apps, gunicorn) writes the new title over the environment
+block, so /proc/PID/environ no longer shows the tag; servers.py therefore also remembers
+every descendant of its launcher it has seen.
 """
 
 from __future__ import annotations
@@ -77,6 +80,13 @@ def is_alive(pid: int) -> bool:
     return stat is not None and stat[0] not in ("Z", "X")
 
 
+def start_time(pid: int) -> int | None:
+    """Start time in clock ticks since boot: with the pid, a process's identity (pids wrap
+    around quickly on a busy machine with a small pid_max)."""
+    stat = _stat_fields(pid)
+    return int(stat[19]) if stat else None
+
+
 def cpu_seconds(pid: int) -> float | None:
     stat = _stat_fields(pid)
     if stat is None:
@@ -99,6 +109,23 @@ def all_pids() -> list[int]:
 
 def children(pid: int) -> list[int]:
     return [c for c in all_pids() if parent_pid(c) == pid]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (one /proc scan)."""
+    kids: dict[int, list[int]] = {}
+    for c in all_pids():
+        parent = parent_pid(c)
+        if parent is not None:
+            kids.setdefault(parent, []).append(c)
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            if c not in found:
+                found.add(c)
+                todo.append(c)
+    return {c for c in found if is_alive(c)}
 
 
 def memory_kb(pid: int) -> dict[str, int]:

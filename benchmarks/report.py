@@ -22,7 +22,7 @@ SUPERVISION_ROWS = [
     ("kill_front_failed_requests", "… requests failed meanwhile (count, not ms)"),
     ("start_first_200", "start → first 200"),
     ("start_all_processes", "start → both processes listed"),
-    ("stop", "graceful stop (SIGTERM; Passenger: Ctrl-C) → all exited"),
+    ("stop", "graceful stop (SIGTERM; Passenger: also Ctrl-C to its launcher) → all exited"),
     ("restart_app_replaced", "restart-app → all processes replaced"),
 ]
 

@@ -120,8 +120,14 @@ class Factory:
         self.app_dir = app_dir
         self.tag = tag
         self.count = 0
+        self.made: list[Server] = []
 
     def make(self, label: str) -> Server:
+        server = self._make(label)
+        self.made.append(server)
+        return server
+
+    def _make(self, label: str) -> Server:
         self.count += 1
         sub = f"{label}.{self.count}"
         common = (label, self.workdir / sub, self.app_dir, f"{self.tag}-{sub}",
@@ -203,9 +209,12 @@ def profile_phase(args: argparse.Namespace, factory: Factory, script: Path,
 
 # -- cleanup -------------------------------------------------------------------------
 
-def leftover_check(tag: str) -> str:
-    """Kill anything still carrying our tag, and say what `ps` shows with our titles."""
-    ours = procs.tagged_pids(tag)
+def leftover_check(tag: str, servers: list[Server]) -> str:
+    """Kill anything of ours still alive, and say what `ps` shows with our titles."""
+    found = set(procs.tagged_pids(tag))
+    for server in servers:
+        found |= set(server.known_alive())
+    ours = sorted(found)
     procs.kill_all(ours)
     titled = [pid for pid in procs.all_pids()
               if procs.cmdline(pid).startswith(TITLES) or "gunicorn" in procs.cmdline(pid)]
@@ -258,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             profile_text, results["profile"] = profile_phase(args, factory, script, stamp)
     finally:
-        cleanup = leftover_check(tag)
+        cleanup = leftover_check(tag, factory.made)
         print(cleanup, file=sys.stderr, flush=True)
         shutil.rmtree(workdir, ignore_errors=True)
     summary = report.summarize(runs)

@@ -61,6 +61,7 @@ class Server(abc.ABC):
         self.proc: subprocess.Popen[bytes] | None = None
         self.console = self.workdir / "console.out"
         self.started_at = 0.0
+        self.seen: dict[int, int | None] = {}   # pid -> start time
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -89,29 +90,52 @@ class Server(abc.ABC):
             return procs.http_status(self.port, timeout=2) == 200 and \
                 len(self.pool_pids() or []) >= APP_PROCESSES
         procs.wait_for(ready, timeout, interval=0.05, what=f"{self.label} ready")
+        self.remember()
+
+    def remember(self) -> None:
+        """Note every process of ours now alive: titles may hide our environment tag."""
+        pids = {p.pid for p in self.processes()}
+        if self.proc is not None:
+            pids |= {self.proc.pid} | procs.descendants(self.proc.pid)
+        for pid in pids - set(self.seen):
+            self.seen[pid] = procs.start_time(pid)
+
+    def known_alive(self) -> list[int]:
+        """Every live process this server started, as far as we can know (a remembered
+        pid counts only while it still names the same process)."""
+        pids = {p for p, started in self.seen.items() if procs.start_time(p) == started}
+        pids |= set(procs.tagged_pids(self.tag))
+        if self.proc is not None and self.proc.poll() is None:
+            pids |= {self.proc.pid} | procs.descendants(self.proc.pid)
+        return sorted(p for p in pids if procs.is_alive(p))
 
     def stop(self, timeout: float = 20.0) -> float:
         """Stop as its users would, then SIGKILL whatever carries our tag; returns how long
         the graceful part took (s), or -1 when it had to be forced."""
+        self.remember()
         t0 = time.perf_counter()
         forced = False
         try:
             self._graceful_stop(timeout)
-            if self.proc is not None:
-                self.proc.wait(timeout)
-            procs.wait_for(lambda: not procs.tagged_pids(self.tag), 5.0, 0.01,
-                           f"{self.label} fully stopped")
-        except (TimeoutError, subprocess.TimeoutExpired):
+            procs.wait_for(self._server_gone, timeout, 0.01, f"{self.label} stopped")
+        except TimeoutError:
             forced = True
         elapsed = time.perf_counter() - t0
-        leftovers = procs.tagged_pids(self.tag)
-        if leftovers:
-            forced = True
-            procs.kill_all(leftovers)
+        if self.proc is not None:   # a launcher gets a short grace, then goes anyway
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(3)
+        procs.kill_all(self.known_alive())
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5)
         return -1.0 if forced else elapsed
+
+    def _server_gone(self) -> bool:
+        """Every process of the server has exited (zombies count as exited)."""
+        return not [p for p in self.known_alive() if not self._is_launcher(p)]
+
+    def _is_launcher(self, pid: int) -> bool:
+        return False
 
     def _graceful_stop(self, timeout: float) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -340,13 +364,22 @@ class RealPassenger(Server):
 
     def _graceful_stop(self, timeout: float) -> None:
         # Ctrl-C is how its foreground mode stops; SIGTERM would only end the ruby launcher.
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout)
+        # The launcher then waits until the watchdog's pid is gone, which a zombie never is
+        # where PID 1 does not reap (as on this VM): so we wait for the server processes,
+        # not for the launcher (stop() ends a launcher that lingers).
+        # Ctrl-C alone sometimes left the watchdog running for 20 s and more here, so the
+        # watchdog also gets SIGTERM, its documented stop signal (it takes its core,
+        # apps and temp-dir toucher down with it).
         watchdog = self._pid_file("watchdog.pid")
         if watchdog is not None:
             procs.kill_all([watchdog], signal.SIGTERM)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+
+    def _is_launcher(self, pid: int) -> bool:
+        title = procs.cmdline(pid)
+        return (self.proc is not None and pid == self.proc.pid) or \
+            title.startswith(("sh -c tail", "tail "))
 
     def kill_front(self) -> int | None:
         core = self._pid_file("core.pid")
