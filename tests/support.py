@@ -78,11 +78,16 @@ class PassengerServer:
     """A real `passenger start` in its own session and instance registry."""
 
     def __init__(self, app_root: Path = HELLO_APP, *args: str,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, ask_root: bool = True) -> None:
         self.app_root = app_root
         self.args = list(args)
+        if ask_root and os.geteuid() == 0 and "--user" not in self.args:
+            # As root, app processes would run as the owner of passenger_wsgi.py, and
+            # never as root unless asked: the tests ask, so they run as the developer does.
+            self.args += ["--user", "root"]
         self.port = free_port()
         self.registry = Path(tempfile.mkdtemp(prefix="pt.", dir="/tmp"))
+        self.registry.chmod(0o755)  # an app process of another user may need to pass
         self.log_file = self.registry / "passenger.log"
         self.output_path = self.registry / "console.out"
         self.env = {**os.environ, "PASSENGER_INSTANCE_REGISTRY_DIR": str(self.registry),

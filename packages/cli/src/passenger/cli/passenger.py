@@ -53,6 +53,9 @@ Application loading options:
   --python FILENAME                Executable to use for Python apps.
                                    Default: the Python running this command
   --startup-file FILENAME          The WSGI file. Default: passenger_wsgi.py
+  --user USERNAME                  When running as root, run the app's processes as this
+                                   user. Default: the owner of the startup file, and
+                                   never root unless asked (--user root): nobody then
   --app-start-command COMMAND      Run this command instead (any language): it must
                                    serve HTTP on the port given in $PORT
   --spawn-method NAME              smart (load the app once in a preloader, then fork

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pwd
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,9 @@ class ServerConfig:
                                  minimum=1, maximum=86400, per_app=True)
     startup_file: str = _option("passenger_wsgi.py", "The WSGI file that defines `application`",
                                 per_app=True)
+    user: str = _option("", "When running as root: the user app processes run as (default: "
+                            "the owner of the startup file, never root unless asked)",
+                        per_app=True)
     app_start_command: str = _option("", "Run this command (it serves HTTP on $PORT) instead "
                                          "of a WSGI file", per_app=True)
     spawn_method: str = _option("smart", "How to start app processes",
@@ -274,6 +278,11 @@ def parse_values(values: Mapping[str, Any], source: Any) -> ServerConfig:
 
 def _checked(config: ServerConfig) -> ServerConfig:
     for _, app in config.app_configs():
+        if app.user:
+            try:
+                pwd.getpwnam(app.user)
+            except KeyError:
+                raise ConfigError(f"--user: there is no user named {app.user!r}") from None
         if app.min_instances > config.max_pool_size:
             raise ConfigError(
                 f"--min-instances: {app.min_instances} exceeds --max-pool-size "

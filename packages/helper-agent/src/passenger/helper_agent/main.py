@@ -56,6 +56,8 @@ class HelperAgent:
                     self.instance.name)
         for stale in self.instance.apps_dir.glob("wsgi.*"):
             stale.unlink(missing_ok=True)
+        if os.geteuid() == 0:  # apps run as other users create their sockets here
+            os.chmod(self.instance.apps_dir, 0o1733)
         listener = socket.socket(fileno=self.listen_fd)
         server = await loop.create_server(lambda: HttpConnection(pool, access_log),
                                           sock=listener,

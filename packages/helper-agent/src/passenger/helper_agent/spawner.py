@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import time
@@ -37,6 +38,7 @@ from passenger.helper_agent.app_process import (
     ChildProcess,
     ProcessState,
 )
+from passenger.helper_agent.app_user import app_user
 from passenger.helper_agent.http_app_channel import HttpAppChannel
 from passenger.helper_agent.preloader import Preloader, PreloaderError
 
@@ -70,6 +72,9 @@ class Spawner:
         self.owner = owner
         self.preloader: Preloader | None = None
         self.warned_unsafe = False
+        self.user = app_user(config)
+        if self.user is not None:
+            log.info("Processes of %s run as user %s", config.app_root, self.user.name)
 
     def forget_loaded_code(self) -> None:
         """After a restart new processes must load the app's code afresh."""
@@ -80,7 +85,39 @@ class Spawner:
         env = dict(os.environ)
         env.update(PASSENGER_APP_ENV=self.config.environment, WSGI_ENV=self.config.environment,
                    PYTHONUNBUFFERED="1", IN_PASSENGER="1")
+        if self.user is not None:
+            env.update(self.user.environment())
         return env
+
+    def _as_user(self) -> dict[str, Any]:
+        """Popen's arguments that start the process as the app's user."""
+        if self.user is None:
+            return {}
+        return {"user": self.user.uid, "group": self.user.gid,
+                "extra_groups": list(self.user.groups)}
+
+    def _loader_files(self) -> tuple[str, str]:
+        """The loader and its frame module, where the app's user can read them: a copy in
+        the instance directory when that user is not us (our install may be private)."""
+        if self.user is None or self.user.uid == os.geteuid():
+            return wsgi_loader.__file__, app_protocol.__file__
+        target = self.apps_dir.parent / "loader"
+        target.mkdir(mode=0o755, exist_ok=True)
+        paths = []
+        for source in (wsgi_loader.__file__, app_protocol.__file__):
+            copy = target / os.path.basename(source)
+            if not copy.exists():
+                shutil.copyfile(source, copy)
+                copy.chmod(0o644)
+            paths.append(str(copy))
+        return paths[0], paths[1]
+
+    def _start_error(self, exc: OSError) -> SpawnError:
+        hint = ""
+        if self.user is not None and isinstance(exc, PermissionError):
+            hint = (f" (the app runs as {self.user.name}, who must be able to run it and "
+                    f"read the app; see --user)")
+        return SpawnError(f"cannot start {self.config.python}: {exc}{hint}", [])
 
     async def spawn(self) -> AppProcess:
         if self.config.app_start_command:
@@ -105,10 +142,10 @@ class Spawner:
             popen = subprocess.Popen(  # noqa: ASYNC220 (fork+exec is quick; we reap via pidfd)
                 ["/bin/sh", "-c", self.config.app_start_command], stdin=subprocess.PIPE,
                 stdout=output_w, stderr=output_w, cwd=self.config.app_root, env=env,
-                process_group=0)
+                process_group=0, **self._as_user())
         except OSError as exc:
             os.close(output_r)
-            raise SpawnError(f"cannot run /bin/sh: {exc}", []) from None
+            raise self._start_error(exc) from None
         finally:
             os.close(output_w)
         process = AppProcess(popen=popen, socket_path=f"127.0.0.1:{port}",
@@ -221,7 +258,8 @@ class Spawner:
                       title: str = "") -> tuple[subprocess.Popen[bytes], int, list[str]]:
         """Run the loader with the app's interpreter; -> (process, feedback fd, output)."""
         title = title or WSGI_APP_PREFIX + self.config.app_root
-        argv = [self.config.python, wsgi_loader.__file__]
+        loader_path, protocol_path = self._loader_files()
+        argv = [self.config.python, loader_path]
         longest = max(len(title.encode()), len((WSGI_APP_PREFIX + self.config.app_root).encode()))
         area = sum(len(a.encode()) + 1 for a in argv)
         if area <= longest:
@@ -232,11 +270,11 @@ class Spawner:
             popen = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=output_w, stderr=output_w,
                 pass_fds=(feedback_w, *(s.fileno() for s in pass_fds)),
-                cwd=self.config.app_root, env=self.app_environment())
+                cwd=self.config.app_root, env=self.app_environment(), **self._as_user())
         except OSError as exc:
             os.close(feedback_r)
             os.close(output_r)
-            raise SpawnError(f"cannot start {self.config.python}: {exc}", []) from None
+            raise self._start_error(exc) from None
         finally:
             os.close(feedback_w)
             os.close(output_w)
@@ -249,7 +287,7 @@ class Spawner:
                 "title": title, "feedback_fd": feedback_w,
                 "socket_path": self._socket_path(),
                 "app_root": self.config.app_root, "startup_file": self.config.startup_file,
-                "protocol_path": app_protocol.__file__,
+                "protocol_path": protocol_path,
                 "concurrency": self.config.concurrency, **extra}))
             popen.stdin.flush()
         return popen, feedback_r, output
