@@ -142,7 +142,7 @@ def test_daemonize_then_stop_leaves_nothing_running(tmp_path: Path) -> None:
     try:
         started = subprocess.run(
             [str(BIN / "passenger"), "start", *common, "--address", "127.0.0.1",
-             "--daemonize", "--log-file", str(server.log_file)],
+             "--daemonize", "--log-file", str(server.log_file), *server.args],
             capture_output=True, text=True, env=server.env, timeout=30, check=False)
         assert started.returncode == 0, started.stderr
         assert "Passenger Standalone web server started" in started.stdout
