@@ -15,7 +15,6 @@ Used between the watchdog and its agents, and between the helper agent and app p
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -68,6 +67,8 @@ def parse_feedback(line: bytes) -> dict[str, Any]:
 async def read_feedback_line(fd: int) -> bytes:
     """Read the child's one feedback line (or whatever came before EOF) without blocking
     the event loop; closes `fd`."""
+    import asyncio  # here: the logging agent and the CLI use this module without a loop
+
     loop = asyncio.get_running_loop()
     done: asyncio.Future[bytes] = loop.create_future()
     data = bytearray()

@@ -21,6 +21,7 @@ class ResponseSink(Protocol):
     def on_response_body(self, data: bytes) -> None: ...
     def on_response_end(self) -> None: ...
     def on_response_abort(self, reason: str, status: int = 502) -> None: ...
+    def flush(self) -> None: ...
 
 
 class Channel(Protocol):
@@ -106,6 +107,8 @@ class AppChannel(asyncio.Protocol):
             else:
                 self._finish()
         del buf[:offset]
+        if self.sink is not None:
+            self.sink.flush()
 
     def _finish(self, abort: str = "") -> None:
         sink, self.sink = self.sink, None

@@ -340,7 +340,9 @@ class Group:
         return self.pool.has_capacity() or self.pool.free_capacity_for(self)
 
     def maybe_spawn(self) -> None:
-        if self.spawn_task is None and self.wants_process() and self.may_spawn():
+        if self.spawn_task is not None or self.stopping:
+            return  # the cheap answer, on the path of every request when the pool is busy
+        if self.wants_process() and self.may_spawn():
             self.spawning += 1  # the room is taken now, before the task first runs
             self.spawn_task = asyncio.get_running_loop().create_task(self._spawn_loop())
 

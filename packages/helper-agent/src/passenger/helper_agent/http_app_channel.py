@@ -186,6 +186,8 @@ class _HttpAppProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
+            if self.channel.sink is not None:
+                self.channel.sink.flush()
         except httptools.HttpParserError as exc:
             log.warning("Malformed response from the app on port %d: %s",
                         self.channel.port, exc)

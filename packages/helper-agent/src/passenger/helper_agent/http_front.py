@@ -54,10 +54,24 @@ def _quoted(value: bytes) -> str:
 class Request:
     """One request: queued, then bound to an app process, then relaying its response."""
 
-    __slots__ = ("body_done", "bytes_sent", "channel", "chunked", "conn", "done", "frames",
-                 "group",
-                 "head_only", "http10", "keep_alive", "process", "response_started",
-                 "started", "status")
+    __slots__ = (
+        "body_done",
+        "bytes_sent",
+        "channel",
+        "chunked",
+        "conn",
+        "done",
+        "frames",
+        "group",
+        "head_only",
+        "http10",
+        "keep_alive",
+        "out",
+        "process",
+        "response_started",
+        "started",
+        "status",
+    )
 
     def __init__(self, conn: HttpConnection, frames: list[bytes], head_only: bool,
                  keep_alive: bool, http10: bool, group: Group | None) -> None:
@@ -76,6 +90,7 @@ class Request:
         self.started = time.monotonic()
         self.status = 0
         self.bytes_sent = 0
+        self.out: list[bytes] = []  # response bytes not yet written to the client
 
     # -- request body ---------------------------------------------------------------
 
@@ -87,8 +102,9 @@ class Request:
             self.frames.append(frame)
 
     def end_body(self) -> None:
-        self.body_done = True
-        self.feed_body(b"")
+        if not self.body_done:
+            self.body_done = True
+            self.feed_body(b"")
 
     # -- from the pool --------------------------------------------------------------
 
@@ -136,25 +152,30 @@ class Request:
             extra += b"Connection: keep-alive\r\n"
         if b"\nDate:" not in head:
             extra += b"Date: " + http_date() + b"\r\n"
-        self.conn.write(b"HTTP/1.1 " + head + extra + b"\r\n")
+        self.out.append(b"HTTP/1.1 " + head + extra + b"\r\n")
 
     def on_response_body(self, data: bytes) -> None:
         self.bytes_sent += len(data)
-        if self.chunked:
-            self.conn.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self.conn.write(data)
+        self.out.append(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
 
     def on_response_end(self) -> None:
         if self.chunked:
-            self.conn.write(b"0\r\n\r\n")
+            self.out.append(b"0\r\n\r\n")
+        self.flush()
         self._finish()
+
+    def flush(self) -> None:
+        """One write for what one read from the app brought (head and body together)."""
+        if self.out:
+            self.conn.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
+            self.out.clear()
 
     def on_response_abort(self, reason: str, status: int = 502) -> None:
         log.warning("Request to %s failed: %s", self.group.name if self.group else "app",
                     reason)
         if self.response_started:
             self.keep_alive = False  # the client cannot tell the response is cut otherwise
+            self.flush()
             self._finish()
         elif status == 502:
             self.fail(502, f"Incomplete response received from the application: {reason}")
@@ -195,6 +216,7 @@ class HttpConnection(asyncio.Protocol):
         self.host = b""
         self.referer = b""
         self.user_agent = b""
+        self.may_have_body = False
         self.expect_continue = False
         self.current: Request | None = None
 
@@ -283,7 +305,11 @@ class HttpConnection(asyncio.Protocol):
         if b"_" in key:
             return  # as Passenger: could be confused with a dash-named header
         key = key.replace(b"-", b"_")
-        if key == b"CONTENT_TYPE" or key == b"CONTENT_LENGTH":
+        if key == b"CONTENT_LENGTH":
+            self.may_have_body = value.strip() not in (b"0", b"")
+            self.headers += (key, value)
+            return
+        if key == b"CONTENT_TYPE":
             self.headers += (key, value)
             return
         if key == b"HOST":
@@ -295,6 +321,7 @@ class HttpConnection(asyncio.Protocol):
         elif key == b"EXPECT" and value.lower() == b"100-continue":
             self.expect_continue = True
         elif key in SKIPPED_HEADERS:
+            self.may_have_body = True  # Transfer-Encoding
             return
         self.headers += (b"HTTP_" + key, value)
 
@@ -325,9 +352,13 @@ class HttpConnection(asyncio.Protocol):
         env += self.headers
         env.append(b"")
         block = b"\0".join(env)
-        request = Request(self, [proto.encode_request_head(block)],
-                          head_only=method == b"HEAD", keep_alive=parser.should_keep_alive(),
-                          http10=version == "1.0", group=group)
+        frames = [proto.encode_request_head(block)]
+        if not self.may_have_body:
+            frames.append(proto.END)  # head and end in one write to the app
+        request = Request(self, frames, head_only=method == b"HEAD",
+                          keep_alive=parser.should_keep_alive(), http10=version == "1.0",
+                          group=group)
+        request.body_done = not self.may_have_body
         self.current = request
         self.requests.append(request)
         if self.access_log is not None:

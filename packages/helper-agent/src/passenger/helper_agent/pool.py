@@ -71,6 +71,8 @@ class Pool:
 
     def free_capacity_for(self, group: Group) -> bool:
         """Stop the oldest idle process of another app, if the rules allow, to make room."""
+        if len(self.groups) == 1:
+            return False
         candidates = [
             (p.last_used, p, g) for g in self.groups if g is not group
             for p in g.active() if p.idle
