@@ -14,6 +14,7 @@ import contextlib
 import http.client
 import json
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -191,7 +192,10 @@ class OurServer(Server):
                 "--address", "127.0.0.1", "--port", str(self.port),
                 "--min-instances", str(APP_PROCESSES), "--max-pool-size", str(APP_PROCESSES),
                 "--environment", "production", "--python", self.python,
-                "--log-file", str(self.workdir / "passenger.log")]
+                "--log-file", str(self.workdir / "passenger.log"),
+                # As the peers do: apps run as the user running the benchmark (as root,
+                # ours would otherwise run them as the owner of passenger_wsgi.py).
+                "--user", pwd.getpwuid(os.geteuid()).pw_name]
 
     def env(self) -> dict[str, str]:
         return {**super().env(), "PASSENGER_INSTANCE_REGISTRY_DIR": str(self.registry)}
