@@ -183,3 +183,19 @@ def test_detach_process_and_restart_app() -> None:
                  message="two fresh processes")
         unknown = server.run_tool("passenger-config", "restart-app", "/nonexistent")
         assert unknown.returncode == 1 and "no app whose root begins with" in unknown.stderr
+
+
+def test_queue_time_limit_answers_504_to_requests_that_waited_too_long() -> None:
+    with running_server(INSTRUMENTED_APP, "--min-instances", "1", "--max-pool-size", "1",
+                        "--max-request-queue-time", "1") as server:
+        wait_for(lambda: len(pids_of(server)) == 1, 10, message="one process")
+        slow = threading.Thread(target=server.get, args=("/sleep?s=2.5",))
+        slow.start()
+        time.sleep(0.3)  # the slow request holds the only process; the next one queues
+        started = time.monotonic()
+        status, _, body = server.get("/")
+        waited = time.monotonic() - started
+        slow.join(10)
+        assert status == 504 and b"waited more than 1 s in the queue" in body
+        assert 0.9 < waited < 2.0
+        assert group(server)["requests_timed_out"] == 1

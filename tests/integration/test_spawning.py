@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -205,3 +206,64 @@ def test_direct_spawning_runs_no_preloader() -> None:
                   if not is_gone(pid)]
         assert sum(t.startswith("Passenger WsgiApp:") for t in titles) == 2
         assert not any(t.startswith("Passenger AppPreloader:") for t in titles)
+
+
+def test_start_timeout_kills_and_reports_a_slow_starting_process(app_copy: Path) -> None:
+    source = app_copy / "passenger_wsgi.py"
+    source.write_text("import time\ntime.sleep(30)\n" + source.read_text())
+    server = PassengerServer(app_copy, "--start-timeout", "1", "--spawn-method", "direct")
+    try:
+        server.start(wait_ready=False)
+        wait_for(lambda: "did not start within 1 seconds (--start-timeout)" in server.log(),
+                 15, message="the timeout in the log")
+        status = server.status()["groups"][0]
+        assert "--start-timeout" in status["last_spawn_error"] and not status["processes"]
+        killed = re.search(r"process (\d+) killed", server.log())
+        assert killed and is_gone(int(killed.group(1)))
+    finally:
+        server.stop()
+
+
+def test_preloader_idles_out_and_a_dead_preloader_is_replaced_on_the_next_spawn() -> None:
+    with running_server(INSTRUMENTED_APP, "--max-preloader-idle-time", "1") as server:
+        (pid,) = wait_for(lambda: server.app_pids(), 10, message="one process")
+        first = preloader_pid(server)
+        assert first is not None
+        wait_for(lambda: is_gone(first), 5, message="the idle preloader stopped")
+        assert "unused for 1 s (--max-preloader-idle-time)" in server.log()
+        os.kill(pid, signal.SIGKILL)  # the replacement needs a preloader again
+        wait_for(lambda: (p := server.app_pids()) and pid not in p, 10,
+                 message="a replacement process")
+        second = preloader_pid(server)
+        assert second is not None and second != first
+        os.kill(second, signal.SIGKILL)
+        (pid,) = server.app_pids()
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: (p := server.app_pids()) and pid not in p, 10,
+                 message="a replacement after the preloader died")
+        assert server.get("/")[0] == 200
+
+
+def test_app_that_starts_threads_at_import_is_spawned_directly(app_copy: Path) -> None:
+    source = app_copy / "passenger_wsgi.py"
+    source.write_text("import threading, time\n"
+                      "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n"
+                      + source.read_text())
+    with running_server(app_copy, "--min-instances", "2") as server:
+        wait_for(lambda: len(server.app_pids()) == 2, 15, message="two processes")
+        assert "cannot be preloaded safely (the app started 1 thread(s)" in server.log()
+        assert preloader_pid(server) is None
+        assert server.get("/")[0] == 200
+
+
+def preloader_pid(server: PassengerServer) -> int | None:
+    helper = server.find_agent_pid("PassengerHelperAgent")
+    if helper is None:
+        return None
+    for child in psutil.Process(helper).children():
+        try:
+            if " ".join(child.cmdline()).startswith("Passenger AppPreloader:"):
+                return int(child.pid)
+        except psutil.Error:
+            continue
+    return None
