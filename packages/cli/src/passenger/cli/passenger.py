@@ -25,6 +25,7 @@ from docopt import DocoptExit, docopt
 from passenger.common import VERSION, pid_file
 from passenger.common.config import OPTIONS, ConfigError, ServerConfig, resolve
 from passenger.common.executables import find_executable
+from passenger.common.procfs import ProcessGone, ProcFS
 from passenger.common.startup_protocol import encode_document, parse_feedback
 
 START_USAGE = """Start Passenger Standalone and serve the app in APP_DIR (default: .).
@@ -206,6 +207,14 @@ def locate_pid_file(args: dict[str, object]) -> str:
     return config.default_pid_file()
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a daemon's parent, init, may be slow to reap it)."""
+    try:
+        return ProcFS().stat(pid).state != "Z"
+    except ProcessGone:
+        return False
+
+
 def running_pid(path: str) -> int | None:
     pid = pid_file.read_pid(path)
     return pid if pid is not None and pid_file.pid_alive(pid) else None
@@ -223,7 +232,7 @@ def stop(args: dict[str, object]) -> None:
         sys.exit(1)
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_TIMEOUT
-    while pid_file.pid_alive(pid) and os.path.exists(path):
+    while running(pid):
         if time.monotonic() > deadline:
             print(f"passenger stop: PID {pid} did not stop within {STOP_TIMEOUT:.0f} s",
                   file=sys.stderr)

@@ -430,6 +430,7 @@ class Group:
         self.stopping = True
         if self.spawn_task is not None:
             self.spawn_task.cancel()
+        preloader = self.spawner.preloader
         self.spawner.stop_preloader("the server is stopping")
         while self.queue:
             self._dequeue().fail(503, "The server is shutting down")
@@ -445,7 +446,8 @@ class Group:
             log.warning("App process %d did not stop in time; killing it", p.pid)
             p.kill()
         deadline = time.monotonic() + 1.0
-        while self.processes and time.monotonic() < deadline:
+        while (self.processes or (preloader and preloader.alive)) \
+                and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
 
     def snapshot(self, read_metrics: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
