@@ -67,8 +67,13 @@ def _instance(name: str | None) -> InstanceDir:
 
 def reopen_logs(name: str | None) -> None:
     instance = _instance(name)
-    pid = int(instance.properties()["watchdog_pid"])
-    os.kill(pid, signal.SIGUSR1)  # the watchdog passes it on to the logging agent
+    try:
+        pid = int(instance.properties()["watchdog_pid"])
+        os.kill(pid, signal.SIGUSR1)  # the watchdog passes it on to the logging agent
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"passenger-config reopen-logs: cannot signal the watchdog of {instance.path}: "
+              f"{exc}", file=sys.stderr)
+        sys.exit(1)
     print(f"Asked instance {describe(instance)[0]} to reopen its log files.")
 
 

@@ -230,7 +230,11 @@ def stop(args: dict[str, object]) -> None:
         print(f"passenger stop: Passenger Standalone is not running ({why} at {path})",
               file=sys.stderr)
         sys.exit(1)
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError as exc:
+        print(f"passenger stop: cannot signal PID {pid}: {exc.strerror}", file=sys.stderr)
+        sys.exit(1)
     deadline = time.monotonic() + STOP_TIMEOUT
     while running(pid):
         if time.monotonic() > deadline:

@@ -35,6 +35,7 @@ class Channel(Protocol):
     def available(self) -> bool: ...
     def start(self, sink: ResponseSink, data: bytes) -> None: ...
     def write(self, data: bytes) -> None: ...
+    def discard(self) -> None: ...
     def pause(self) -> None: ...
     def resume(self) -> None: ...
     def close(self) -> None: ...
@@ -47,6 +48,7 @@ class AppChannel(asyncio.Protocol):
         self.buffer = bytearray()
         self.sink: ResponseSink | None = None
         self.head_seen = False
+        self.discarded = False  # closed on purpose: not a sign the process is broken
         self._on_response_end = on_response_end
         self._on_lost = on_lost
 
@@ -77,6 +79,12 @@ class AppChannel(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+    def discard(self) -> None:
+        """Close on purpose (the client went away): the loader sees EOF/EPIPE and stops."""
+        self.discarded = True
+        self.sink = None
+        self.close()
 
     def data_received(self, data: bytes) -> None:
         buf = self.buffer
@@ -121,4 +129,5 @@ class AppChannel(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self._on_lost()
+        if not self.discarded:
+            self._on_lost()

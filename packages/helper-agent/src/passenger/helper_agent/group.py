@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from passenger.common.config import AppRoute, ServerConfig
 from passenger.common.exit_status import describe_exit
-from passenger.helper_agent.app_channel import Channel
+from passenger.helper_agent.app_channel import AppChannel, Channel
 from passenger.helper_agent.app_process import AppProcess, ProcessState
 from passenger.helper_agent.error_pages import QUEUE_FULL_PAGE, spawn_error_page
 from passenger.helper_agent.recycling import RequestLimits
@@ -60,6 +60,7 @@ class Group:
         self.queue: collections.deque[PendingRequest] = collections.deque()
         self.queue_timers: dict[PendingRequest, asyncio.TimerHandle] = {}
         self.request_timers: dict[Channel, asyncio.TimerHandle] = {}
+        self.channel_tasks: set[asyncio.Task[None]] = set()
         self.spawner = make_spawner(self)
         self.spawning = 0
         self.spawn_task: asyncio.Task[None] | None = None
@@ -185,6 +186,35 @@ class Group:
         self.dispatch_queue()
         if process.idle and not self.queue:
             self.pool.on_process_idle(process)
+
+    def abandon_channel(self, process: AppProcess, channel: Channel) -> None:
+        """The client of the request on `channel` went away: close the channel (the app
+        sees EOF/EPIPE and stops working for nobody) and give the process a fresh one."""
+        timer = self.request_timers.pop(channel, None)
+        if timer is not None:
+            timer.cancel()
+        channel.discard()
+        if not isinstance(channel, AppChannel):  # an HTTP channel reconnects by itself
+            self.on_session_closed(process, channel)
+            return
+        task = asyncio.get_running_loop().create_task(self._replace_channel(process, channel))
+        self.channel_tasks.add(task)
+        task.add_done_callback(self.channel_tasks.discard)
+
+    async def _replace_channel(self, process: AppProcess, old: AppChannel) -> None:
+        try:
+            new = await self.spawner.open_channel(process)
+        except OSError as exc:
+            log.warning("Cannot reconnect to app process %d (%s); replacing it", process.pid,
+                        exc)
+            process.kill()
+            return
+        if old in process.channels:
+            process.channels[process.channels.index(old)] = new
+        if process.state is ProcessState.DEAD:
+            new.close()
+            return
+        self.on_session_closed(process, new)
 
     def on_channel_lost(self, process: AppProcess) -> None:
         """The connection to the app broke: the process is of no more use."""
@@ -355,10 +385,11 @@ class Group:
             while True:
                 try:
                     process = await self.spawner.spawn()
-                except SpawnError as exc:
+                except Exception as exc:  # an unexpected error must not end the loop
                     self.spawning -= 1
                     reserved = False
-                    self._spawn_failed(exc)
+                    self._spawn_failed(exc if isinstance(exc, SpawnError) else SpawnError(
+                        f"{type(exc).__name__}: {exc}", []))
                     try:
                         await asyncio.sleep(delay)
                     finally:

@@ -31,13 +31,15 @@ def http_request_head(environ: dict[str, str]) -> tuple[bytes, bool]:
              f"HTTP/1.1"]
     for key, value in environ.items():
         if key.startswith("HTTP_"):
-            if key in ("HTTP_CONNECTION", "HTTP_KEEP_ALIVE", "HTTP_EXPECT"):
+            if key in ("HTTP_CONNECTION", "HTTP_KEEP_ALIVE", "HTTP_EXPECT",
+                       "HTTP_TRANSFER_ENCODING"):
                 continue
             lines.append(f"{key[5:].replace('_', '-').title()}: {value}")
         elif key in CGI_HEADERS and value:
             lines.append(f"{CGI_HEADERS[key]}: {value}")
-    chunked = "CONTENT_LENGTH" not in environ and environ.get("REQUEST_METHOD") not in (
-        "GET", "HEAD", "DELETE", "OPTIONS")
+    # A body of unknown length (the client sent it chunked) goes on chunked, whatever the
+    # method: sent raw, it would be read as a request of its own.
+    chunked = "HTTP_TRANSFER_ENCODING" in environ and "CONTENT_LENGTH" not in environ
     if chunked:
         lines.append("Transfer-Encoding: chunked")
     lines.append("X-Forwarded-For: " + environ.get("REMOTE_ADDR", ""))
@@ -120,6 +122,14 @@ class HttpAppChannel:
         if self.transport is not None:
             self.transport.close()
 
+    def discard(self) -> None:
+        """The client went away: drop this connection; the next request opens another."""
+        self.sink = None
+        self._response_open = False
+        if self.transport is not None:
+            transport, self.transport = self.transport, None
+            transport.close()
+
     # -- the response side -------------------------------------------------------------
 
     def connected(self, transport: asyncio.Transport) -> None:
@@ -130,6 +140,11 @@ class HttpAppChannel:
 
     def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                       content_length: int) -> None:
+        if self.sink is None:  # a response nobody asked for: this connection is not sane
+            log.warning("Unexpected response from the app on port %d; closing", self.port)
+            if self.transport is not None:
+                self.transport.close()
+            return
         self._response_open = True
         head = b"%d %b\r\n" % (status, reason or b"OK") + b"".join(
             name + b": " + value + b"\r\n" for name, value in headers

@@ -18,20 +18,16 @@ import httptools
 
 from passenger.common import app_protocol as proto
 from passenger.common.log_records import LogLineWriter
-from passenger.helper_agent.app_channel import Channel
-from passenger.helper_agent.app_process import AppProcess
-from passenger.helper_agent.error_pages import error_response, http_date, simple_page
+from passenger.helper_agent.error_pages import error_response, simple_page
+from passenger.helper_agent.proxied_request import Request
 
 if TYPE_CHECKING:
-    from passenger.helper_agent.group import Group
     from passenger.helper_agent.pool import Pool
 
 log = logging.getLogger(__name__)
 
 MAX_HEAD_BYTES = 80 * 1024  # Passenger's limit for a request head
 MAX_PIPELINED = 32
-NO_BODY_STATUSES = frozenset((204, 304))
-SKIPPED_HEADERS = frozenset((b"TRANSFER_ENCODING",))
 
 _clf_cache: list[object] = [0, ""]
 
@@ -51,143 +47,6 @@ def _quoted(value: bytes) -> str:
     return value.decode("latin-1").replace("\\", "\\\\").replace('"', '\\"')
 
 
-class Request:
-    """One request: queued, then bound to an app process, then relaying its response."""
-
-    __slots__ = (
-        "body_done",
-        "bytes_sent",
-        "channel",
-        "chunked",
-        "conn",
-        "done",
-        "frames",
-        "group",
-        "head_only",
-        "http10",
-        "keep_alive",
-        "out",
-        "process",
-        "response_started",
-        "started",
-        "status",
-    )
-
-    def __init__(self, conn: HttpConnection, frames: list[bytes], head_only: bool,
-                 keep_alive: bool, http10: bool, group: Group | None) -> None:
-        self.conn = conn
-        self.frames = frames            # request frames not yet sent to the app
-        self.head_only = head_only
-        self.keep_alive = keep_alive
-        self.http10 = http10
-        self.body_done = False
-        self.chunked = False
-        self.response_started = False
-        self.done = False
-        self.process: AppProcess | None = None
-        self.channel: Channel | None = None
-        self.group = group
-        self.started = time.monotonic()
-        self.status = 0
-        self.bytes_sent = 0
-        self.out: list[bytes] = []  # response bytes not yet written to the client
-
-    # -- request body ---------------------------------------------------------------
-
-    def feed_body(self, data: bytes) -> None:
-        frame = proto.encode_chunk(data)
-        if self.channel is not None:
-            self.channel.write(frame)
-        else:
-            self.frames.append(frame)
-
-    def end_body(self) -> None:
-        if not self.body_done:
-            self.body_done = True
-            self.feed_body(b"")
-
-    # -- from the pool --------------------------------------------------------------
-
-    def assign(self, process: AppProcess, channel: Channel) -> None:
-        self.process = process
-        self.channel = channel
-        frames, self.frames = self.frames, []
-        channel.start(self, b"".join(frames))
-        if self.conn.writing_paused:
-            channel.pause()
-
-    def fail(self, status: int, reason: str, page: str | None = None) -> None:
-        if self.done:
-            return
-        self.keep_alive = False
-        response = error_response(status, page or simple_page(status, reason), close=True,
-                                  head_only=self.head_only)
-        self.status = status
-        self.bytes_sent = len(response) - response.index(b"\r\n\r\n") - 4
-        self.conn.write(response)
-        self._finish()
-
-    # -- from the app channel ------------------------------------------------------
-
-    def on_response_head(self, content_length: int, head: bytes) -> None:
-        self.response_started = True
-        try:
-            status = int(head[:3])
-        except ValueError:
-            status = 200
-        self.status = status
-        extra = b""
-        if content_length >= 0:
-            extra = b"Content-Length: %d\r\n" % content_length
-        elif self.head_only or status in NO_BODY_STATUSES or status < 200:
-            pass
-        elif self.http10:
-            self.keep_alive = False
-        else:
-            self.chunked = True
-            extra = b"Transfer-Encoding: chunked\r\n"
-        if not self.keep_alive:
-            extra += b"Connection: close\r\n"
-        elif self.http10:
-            extra += b"Connection: keep-alive\r\n"
-        if b"\nDate:" not in head:
-            extra += b"Date: " + http_date() + b"\r\n"
-        self.out.append(b"HTTP/1.1 " + head + extra + b"\r\n")
-
-    def on_response_body(self, data: bytes) -> None:
-        self.bytes_sent += len(data)
-        self.out.append(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
-
-    def on_response_end(self) -> None:
-        if self.chunked:
-            self.out.append(b"0\r\n\r\n")
-        self.flush()
-        self._finish()
-
-    def flush(self) -> None:
-        """One write for what one read from the app brought (head and body together)."""
-        if self.out:
-            self.conn.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
-            self.out.clear()
-
-    def on_response_abort(self, reason: str, status: int = 502) -> None:
-        log.warning("Request to %s failed: %s", self.group.name if self.group else "app",
-                    reason)
-        if self.response_started:
-            self.keep_alive = False  # the client cannot tell the response is cut otherwise
-            self.flush()
-            self._finish()
-        elif status == 502:
-            self.fail(502, f"Incomplete response received from the application: {reason}")
-        else:
-            self.fail(status, reason)
-
-    def _finish(self) -> None:
-        if not self.done:
-            self.done = True
-            self.conn.request_finished(self)
-
-
 class HttpConnection(asyncio.Protocol):
     """One client connection."""
 
@@ -199,7 +58,7 @@ class HttpConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.requests: collections.deque[Request] = collections.deque()
         self.writing_paused = False
-        self.reading_paused = False
+        self.read_pauses: set[str] = set()  # why reading from the client is paused
         self.closing_error: bytes | None = None
         self.server_name = b""
         self.server_port = b""
@@ -254,10 +113,18 @@ class HttpConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         for request in self.requests:
-            if request.process is None and request.group is not None:
-                request.group.cancel(request)
-            request.done = True  # whatever the app still sends is dropped
+            request.abandon()  # the app stops working for a client that is gone
         self.requests.clear()
+
+    def pause_reading(self, reason: str) -> None:
+        if not self.read_pauses and self.transport is not None:
+            self.transport.pause_reading()
+        self.read_pauses.add(reason)
+
+    def resume_reading(self, reason: str) -> None:
+        self.read_pauses.discard(reason)
+        if not self.read_pauses and self.transport is not None:
+            self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
@@ -277,8 +144,10 @@ class HttpConnection(asyncio.Protocol):
         log.info("Rejected a request from %s: %d %s", self.remote_addr.decode(), status, reason)
         if self.transport is None:
             return
-        self.transport.pause_reading()
+        self.pause_reading("rejected")
         response = error_response(status, simple_page(status, reason), close=True)
+        if self.current is not None:
+            self.current.abandon()  # it may already be with an app, with half a body
         # Earlier pipelined requests are answered first; this error closes after them.
         unanswered = [r for r in self.requests if r is not self.current]
         if unanswered:
@@ -320,9 +189,8 @@ class HttpConnection(asyncio.Protocol):
             self.user_agent = value
         elif key == b"EXPECT" and value.lower() == b"100-continue":
             self.expect_continue = True
-        elif key in SKIPPED_HEADERS:
-            self.may_have_body = True  # Transfer-Encoding
-            return
+        elif key == b"TRANSFER_ENCODING":
+            self.may_have_body = True  # the app gets the body de-chunked, ending in EOF
         self.headers += (b"HTTP_" + key, value)
 
     def on_headers_complete(self) -> None:
@@ -357,7 +225,7 @@ class HttpConnection(asyncio.Protocol):
             frames.append(proto.END)  # head and end in one write to the app
         request = Request(self, frames, head_only=method == b"HEAD",
                           keep_alive=parser.should_keep_alive(), http10=version == "1.0",
-                          group=group)
+                          group=group, expect_continue=self.expect_continue)
         request.body_done = not self.may_have_body
         self.current = request
         self.requests.append(request)
@@ -365,13 +233,10 @@ class HttpConnection(asyncio.Protocol):
             self.request_lines[request] = (
                 method + b" " + url + b" HTTP/" + version.encode(), self.referer,
                 self.user_agent)
-        if self.expect_continue and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if len(self.requests) == 1:
             self._route(request)
-        elif len(self.requests) > MAX_PIPELINED and self.transport is not None:
-            self.transport.pause_reading()
-            self.reading_paused = True
+        elif len(self.requests) > MAX_PIPELINED:
+            self.pause_reading("pipeline")
 
     def on_body(self, body: bytes) -> None:
         if self.current is not None:
@@ -407,9 +272,8 @@ class HttpConnection(asyncio.Protocol):
         elif self.closing_error is not None:
             self.transport.write(self.closing_error)
             self.transport.close()
-        if self.reading_paused and len(self.requests) <= MAX_PIPELINED:
-            self.reading_paused = False
-            self.transport.resume_reading()
+        if len(self.requests) <= MAX_PIPELINED:
+            self.resume_reading("pipeline")
 
 
     def _log_access(self, request: Request) -> None:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 MAX_OUTPUT_KEPT = 50
 WATCHED_PIDS: set[int] = set()  # processes whose exit a pidfd watcher will reap
 GENERIC_POLL_INTERVAL = 0.05
+PR_SET_PDEATHSIG = 1
 
 
 class SpawnError(RuntimeError):
@@ -142,7 +145,7 @@ class Spawner:
             popen = subprocess.Popen(  # noqa: ASYNC220 (fork+exec is quick; we reap via pidfd)
                 ["/bin/sh", "-c", self.config.app_start_command], stdin=subprocess.PIPE,
                 stdout=output_w, stderr=output_w, cwd=self.config.app_root, env=env,
-                process_group=0, **self._as_user())
+                process_group=0, preexec_fn=die_with_parent, **self._as_user())
         except OSError as exc:
             os.close(output_r)
             raise self._start_error(exc) from None
@@ -154,6 +157,21 @@ class Spawner:
         self._forward_output(process.pid, output_r, output,
                              keeping=lambda: process.state is ProcessState.SPAWNING)
         self._adopt(process, None)
+        try:
+            await self._await_port(process, port, output)
+        except BaseException:  # a spawn error, or cancelled because we are stopping
+            process.kill()
+            raise
+        for _ in range(self.config.concurrency):
+            process.channels.append(HttpAppChannel(
+                port, on_response_end=lambda ch: self.owner.on_session_closed(process, ch),
+                on_lost=lambda: self.owner.on_channel_lost(process)))
+        process.concurrency = self.config.concurrency
+        return process
+
+    async def _await_port(self, process: AppProcess, port: int, output: list[str]) -> None:
+        """A generic app is up when its port accepts connections."""
+        popen = process.popen
         deadline = time.monotonic() + self.config.start_timeout
         while not await _port_accepts(port):
             if popen.poll() is not None or process.state is not ProcessState.SPAWNING:
@@ -162,17 +180,10 @@ class Spawner:
                                  f"HTTP on port {port}: {self.config.app_start_command}",
                                  output)
             if time.monotonic() > deadline:
-                process.kill()
                 raise SpawnError(f"the command did not serve HTTP on port {port} within "
                                  f"{self.config.start_timeout} seconds (--start-timeout); "
                                  f"process {process.pid} killed", output)
             await asyncio.sleep(GENERIC_POLL_INTERVAL)
-        for _ in range(self.config.concurrency):
-            process.channels.append(HttpAppChannel(
-                port, on_response_end=lambda ch: self.owner.on_session_closed(process, ch),
-                on_lost=lambda: self.owner.on_channel_lost(process)))
-        process.concurrency = self.config.concurrency
-        return process
 
     async def _spawn_direct(self) -> AppProcess:
         """A fresh interpreter running the loader."""
@@ -320,23 +331,25 @@ class Spawner:
 
     async def _finish_spawn(self, process: AppProcess, feedback_r: int,
                             output: list[str]) -> AppProcess:
-        loop = asyncio.get_running_loop()
         await self._await_feedback(feedback_r, output, process.pid, process.kill)
-        socket_path = process.socket_path
         try:
             for _ in range(self.config.concurrency):
-                _, channel = await loop.create_unix_connection(
-                    lambda: AppChannel(
-                        on_response_end=lambda ch: self.owner.on_session_closed(process, ch),
-                        on_lost=lambda: self.owner.on_channel_lost(process)),
-                    socket_path)
-                process.channels.append(channel)
+                process.channels.append(await self.open_channel(process))
         except OSError as exc:
             process.kill()
             raise SpawnError(f"cannot connect to the app process's socket: {exc}",
                              output) from None
         process.concurrency = self.config.concurrency
         return process
+
+    async def open_channel(self, process: AppProcess) -> AppChannel:
+        """One persistent connection to the app process (it has one per request slot)."""
+        _, channel = await asyncio.get_running_loop().create_unix_connection(
+            lambda: AppChannel(
+                on_response_end=lambda ch: self.owner.on_session_closed(process, ch),
+                on_lost=lambda: self.owner.on_channel_lost(process)),
+            process.socket_path)
+        return channel
 
     def _forward_output(self, pid: int, fd: int, kept: list[str],
                         keeping: Callable[[], bool]) -> None:
@@ -400,3 +413,10 @@ async def _port_accepts(port: int) -> bool:
         return False
     writer.close()
     return True
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: a generic app ignores the stdin lifeline, so the kernel
+    kills it if the helper agent dies (it has its own process group, out of the
+    watchdog's reach)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -91,6 +91,18 @@ def _exit_now() -> None:
     os._exit(0)
 
 
+class ChannelLost(Exception):
+    """Our connection to the helper agent broke (its client went away, or it did): not
+    the app's fault, so not reported as an app error."""
+
+
+def send(conn: socket.socket, data: bytes) -> None:
+    try:
+        conn.sendall(data)
+    except OSError as exc:
+        raise ChannelLost(str(exc)) from None
+
+
 class BodyReader:
     """`wsgi.input`: reads the chunk frames of one request body, and signals EOF."""
 
@@ -113,7 +125,7 @@ class BodyReader:
     def _exact(self, n: int) -> bytes:
         data = self.rfile.read(n)
         if len(data) != n:
-            raise ConnectionError("helper agent closed the connection mid-request")
+            raise ChannelLost("the helper agent closed the connection mid-request")
         return data
 
     def read(self, size: int | None = -1) -> bytes:
@@ -210,7 +222,7 @@ class RequestHandler:
             if data and not is_head:
                 out += proto.encode_chunk(data)
             if out:
-                conn.sendall(out)
+                send(conn, out)
 
         result: Any = None
         try:
@@ -221,7 +233,7 @@ class RequestHandler:
                 out = head_bytes(len(data))
                 if data and not is_head:
                     out += proto.encode_chunk(data)
-                conn.sendall(out + proto.END)
+                send(conn, out + proto.END)
                 return
             for chunk in result:
                 if chunk:
@@ -229,19 +241,19 @@ class RequestHandler:
             if not state["sent"]:
                 if state["status"] is None:
                     raise RuntimeError("the app returned without calling start_response")
-                conn.sendall(head_bytes(0))
-            conn.sendall(proto.END)
-        except (ConnectionError, BrokenPipeError):
+                send(conn, head_bytes(0))
+            send(conn, proto.END)
+        except ChannelLost:
             raise
         except Exception:
             print("Error: the WSGI application raised an exception:", file=sys.stderr)
             traceback.print_exc()
             sys.stderr.flush()
             if state["sent"]:
-                conn.sendall(proto.ABORT)
+                send(conn, proto.ABORT)
             else:
                 body_bytes = b"Internal Server Error\n"
-                conn.sendall(proto.encode_response_head(
+                send(conn, proto.encode_response_head(
                     len(body_bytes), "500 Internal Server Error",
                     [("Content-Type", "text/plain")]) + proto.encode_chunk(body_bytes)
                     + proto.END)
@@ -298,8 +310,8 @@ def run_worker(doc: dict[str, Any], app: Callable[..., Iterable[bytes]], proto: 
     def serve(conn: socket.socket) -> None:
         try:
             handler.serve_connection(conn, lifeline)
-        except (ConnectionError, OSError):
-            pass
+        except (ChannelLost, OSError):
+            pass  # the helper agent opens another connection when it needs one
         finally:
             conn.close()
 

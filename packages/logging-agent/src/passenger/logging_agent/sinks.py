@@ -27,6 +27,8 @@ class LogChannel:
     def pump(self) -> int:
         """Move everything the pipe holds into the file; returns the bytes moved."""
         moved = 0
+        if os.fstat(self.file_fd).st_size < os.lseek(self.file_fd, 0, os.SEEK_CUR):
+            os.lseek(self.file_fd, 0, os.SEEK_END)  # truncated (copytruncate): no hole
         while True:
             start = os.lseek(self.file_fd, 0, os.SEEK_CUR)
             try:

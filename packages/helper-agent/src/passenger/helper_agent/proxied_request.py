@@ -1,0 +1,220 @@
+"""One client request on its way: queued, then bound to a channel of an app process, then
+relaying the app's response with HTTP framing for the client.
+
+The channel belongs to the request until both sides are done with it: when the response
+ends before the whole request body was sent, the app is sent the end of the body at once
+(the rest is dropped), so the next request on that channel starts on a frame boundary.
+When the client goes away mid-exchange, the channel is abandoned (closed and replaced),
+which the app sees as EOF/EPIPE and stops working for nobody.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from passenger.common import app_protocol as proto
+from passenger.helper_agent.app_channel import Channel
+from passenger.helper_agent.app_process import AppProcess
+from passenger.helper_agent.error_pages import error_response, http_date, simple_page
+
+if TYPE_CHECKING:
+    from passenger.helper_agent.group import Group
+
+log = logging.getLogger(__name__)
+NO_BODY_STATUSES = frozenset((204, 304))
+MAX_BUFFERED_BODY = 64 * 1024  # of a request still waiting for a process
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class ClientConnection(Protocol):
+    """What a request needs of the client connection it came on."""
+
+    writing_paused: bool
+
+    def write(self, data: bytes) -> None: ...
+    def pause_reading(self, reason: str) -> None: ...
+    def resume_reading(self, reason: str) -> None: ...
+    def request_finished(self, request: Request) -> None: ...
+
+
+class Request:
+    __slots__ = ("body_done", "buffered", "bytes_sent", "channel", "chunked", "conn", "done",
+                 "expect_continue", "frames", "group", "head_only", "http10", "keep_alive",
+                 "out", "process", "released", "remaining", "response_started", "started",
+                 "status")
+
+    def __init__(self, conn: ClientConnection, frames: list[bytes], head_only: bool,
+                 keep_alive: bool, http10: bool, group: Group | None,
+                 expect_continue: bool = False) -> None:
+        self.conn = conn
+        self.frames = frames            # request frames not yet sent to the app
+        self.buffered = 0               # bytes of body in `frames`
+        self.head_only = head_only
+        self.keep_alive = keep_alive
+        self.http10 = http10
+        self.expect_continue = expect_continue
+        self.group = group
+        self.body_done = False
+        self.chunked = False
+        self.response_started = False
+        self.done = False
+        self.released = False           # the channel went back to its process
+        self.remaining = -1             # response body bytes still due (Content-Length)
+        self.process: AppProcess | None = None
+        self.channel: Channel | None = None
+        self.started = time.monotonic()
+        self.status = 0
+        self.bytes_sent = 0
+        self.out: list[bytes] = []      # response bytes not yet written to the client
+
+    # -- request body ---------------------------------------------------------------
+
+    def feed_body(self, data: bytes) -> None:
+        if self.released or self.done:
+            return  # the response is over: the app has been told the body ended
+        frame = proto.encode_chunk(data)
+        if self.channel is not None:
+            self.channel.write(frame)
+            return
+        self.frames.append(frame)
+        self.buffered += len(frame)
+        if self.buffered > MAX_BUFFERED_BODY:
+            self.conn.pause_reading("body")  # until a process takes it
+
+    def end_body(self) -> None:
+        if self.body_done:
+            return
+        self.body_done = True
+        if self.released or self.done:
+            return
+        if self.channel is not None:
+            self.channel.write(proto.END)
+        else:
+            self.frames.append(proto.END)
+
+    # -- from the pool --------------------------------------------------------------
+
+    def assign(self, process: AppProcess, channel: Channel) -> None:
+        self.process = process
+        self.channel = channel
+        if self.expect_continue and not self.http10:
+            self.conn.write(CONTINUE)  # now, not before: earlier responses come first
+        frames, self.frames = self.frames, []
+        channel.start(self, b"".join(frames))
+        if self.buffered:
+            self.buffered = 0
+            self.conn.resume_reading("body")
+        if self.conn.writing_paused:
+            channel.pause()
+
+    def fail(self, status: int, reason: str, page: str | None = None) -> None:
+        if self.done:
+            return
+        self.release_channel()
+        self.keep_alive = False
+        response = error_response(status, page or simple_page(status, reason), close=True,
+                                  head_only=self.head_only)
+        self.status = status
+        self.bytes_sent = len(response) - response.index(b"\r\n\r\n") - 4
+        self.conn.write(response)
+        self._finish()
+
+    def release_channel(self) -> None:
+        """The app is done with this request: it gets the end of the body if it has not
+        had it, and its channel reads again (it may have been paused for a slow client)."""
+        channel = self.channel
+        if channel is None or self.released:
+            return
+        self.released = True
+        if not self.body_done:
+            channel.write(proto.END)
+        channel.resume()
+        self.channel = None
+
+    def abandon(self) -> None:
+        """The client went away (or sent garbage) before the exchange was over."""
+        if self.done:
+            return
+        self.done = True
+        if self.channel is not None and not self.released and self.process is not None \
+                and self.group is not None:
+            self.released = True
+            self.group.abandon_channel(self.process, self.channel)
+            self.channel = None
+        elif self.process is None and self.group is not None:
+            self.group.cancel(self)
+
+    # -- from the app channel ------------------------------------------------------
+
+    def on_response_head(self, content_length: int, head: bytes) -> None:
+        self.response_started = True
+        try:
+            status = int(head[:3])
+        except ValueError:
+            status = 200
+        self.status = status
+        extra = b""
+        no_body = self.head_only or status in NO_BODY_STATUSES or status < 200
+        if content_length >= 0:
+            extra = b"Content-Length: %d\r\n" % content_length
+            self.remaining = 0 if no_body else content_length
+        elif no_body:
+            pass
+        elif self.http10:
+            self.keep_alive = False
+        else:
+            self.chunked = True
+            extra = b"Transfer-Encoding: chunked\r\n"
+        if not self.keep_alive:
+            extra += b"Connection: close\r\n"
+        elif self.http10:
+            extra += b"Connection: keep-alive\r\n"
+        if b"\nDate:" not in head:
+            extra += b"Date: " + http_date() + b"\r\n"
+        self.out.append(b"HTTP/1.1 " + head + extra + b"\r\n")
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.remaining >= 0:  # never more than the app's own Content-Length
+            if len(data) > self.remaining:
+                data = data[:self.remaining]
+                self.keep_alive = False
+            self.remaining -= len(data)
+            if not data:
+                return
+        self.bytes_sent += len(data)
+        self.out.append(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+
+    def on_response_end(self) -> None:
+        if self.chunked:
+            self.out.append(b"0\r\n\r\n")
+        if self.remaining > 0:
+            self.keep_alive = False  # shorter than announced: only a close tells the client
+        self.flush()
+        self.release_channel()
+        self._finish()
+
+    def flush(self) -> None:
+        """One write for what one read from the app brought (head and body together)."""
+        if self.out:
+            self.conn.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
+            self.out.clear()
+
+    def on_response_abort(self, reason: str, status: int = 502) -> None:
+        log.warning("Request to %s failed: %s", self.group.name if self.group else "app",
+                    reason)
+        self.release_channel()
+        if self.response_started:
+            self.keep_alive = False  # the client cannot tell the response is cut otherwise
+            self.flush()
+            self._finish()
+        elif status == 502:
+            self.fail(502, f"Incomplete response received from the application: {reason}")
+        else:
+            self.fail(status, reason)
+
+    def _finish(self) -> None:
+        if not self.done:
+            self.done = True
+            self.conn.request_finished(self)
