@@ -27,6 +27,17 @@ def application(environ, start_response):
         keys = [k for k, v in environ.items() if isinstance(v, str)]
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps({k: environ[k] for k in keys}).encode()]
+    elif path == "/big":
+        start_response("200 OK", headers)
+        return [b"x" * (int(query.get("mb", "8")) * 1024 * 1024)]
+    elif path == "/early":  # answers without reading the request body
+        start_response("401 Unauthorized", headers)
+        return [b"no\n"]
+    elif path == "/endless":
+        start_response("200 OK", headers)
+        return _endless()
+    elif path == "/connerr":
+        raise ConnectionRefusedError("the database is down (deliberately)")
     elif path == "/osenv":
         start_response("200 OK", [("Content-Type", "application/json")])
         return [json.dumps(dict(os.environ)).encode()]
@@ -46,3 +57,9 @@ def application(environ, start_response):
     body = f"pid={os.getpid()}\n".encode()
     start_response("200 OK", [*headers, ("X-Pid", str(os.getpid()))])
     return [body]
+
+
+def _endless():
+    while True:
+        time.sleep(0.01)
+        yield b"tick\n"
