@@ -41,7 +41,21 @@ class Channel(Protocol):
     def close(self) -> None: ...
 
 
-class AppChannel(asyncio.Protocol):
+class ReadPausing:
+    """Pausing the app's side while a slow client catches up (both channel kinds)."""
+
+    transport: asyncio.Transport | None
+
+    def pause(self) -> None:
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+
+class AppChannel(ReadPausing, asyncio.Protocol):
     def __init__(self, on_response_end: Callable[[Channel], None],
                  on_lost: Callable[[], None]) -> None:
         self.transport: asyncio.Transport | None = None
@@ -67,14 +81,6 @@ class AppChannel(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
-
-    def pause(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self.transport is not None:
-            self.transport.resume_reading()
 
     def close(self) -> None:
         if self.transport is not None:

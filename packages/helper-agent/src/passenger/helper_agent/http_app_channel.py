@@ -17,7 +17,7 @@ from typing import cast
 import httptools
 
 from passenger.common import app_protocol as proto
-from passenger.helper_agent.app_channel import Channel, ResponseSink
+from passenger.helper_agent.app_channel import Channel, ReadPausing, ResponseSink
 
 log = logging.getLogger(__name__)
 HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"te",
@@ -46,7 +46,7 @@ def http_request_head(environ: dict[str, str]) -> tuple[bytes, bool]:
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), chunked
 
 
-class HttpAppChannel:
+class HttpAppChannel(ReadPausing):
     def __init__(self, port: int, on_response_end: Callable[[Channel], None],
                  on_lost: Callable[[], None]) -> None:
         self.port = port
@@ -108,14 +108,6 @@ class HttpAppChannel:
             self._connecting = False
             self._outgoing.clear()
             self._abort(f"cannot connect to the app on port {self.port}: {exc}")
-
-    def pause(self) -> None:
-        if self.transport is not None:
-            self.transport.pause_reading()
-
-    def resume(self) -> None:
-        if self.transport is not None:
-            self.transport.resume_reading()
 
     def close(self) -> None:
         self.available = False
