@@ -170,3 +170,32 @@ def test_generic_app_gets_a_chunked_get_body_framed() -> None:
     finally:
         shutil.rmtree(site, ignore_errors=True)
 
+
+
+def test_generic_app_closing_a_kept_alive_connection_is_retried_not_a_502() -> None:
+    site = Path(tempfile.mkdtemp(prefix="pgen.", dir="/tmp"))
+    # Each connection gets one answer; a second request on it is dropped unanswered, as a
+    # server whose keep-alive timeout fires just as the request arrives would do.
+    app = ("import http.server, os\n"
+           "class H(http.server.BaseHTTPRequestHandler):\n"
+           "    protocol_version = 'HTTP/1.1'\n"
+           "    def do_GET(self):\n"
+           "        if getattr(self, 'served', False):\n"
+           "            self.close_connection = True\n"
+           "            return\n"
+           "        self.served = True\n"
+           "        body = str(os.getpid()).encode()\n"
+           "        self.send_response(200)\n"
+           "        self.send_header('Content-Length', str(len(body)))\n"
+           "        self.end_headers()\n"
+           "        self.wfile.write(body)\n"
+           "    def log_message(self, *args): pass\n"
+           "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n")
+    (site / "app.py").write_text(app)
+    try:
+        with running_server(site, "--app-start-command", "exec python3 app.py") as gen:
+            answers = [gen.get("/", timeout=5) for _ in range(4)]
+            assert [status for status, _, _ in answers] == [200] * 4
+            assert len({body for _, _, body in answers}) == 1  # the same process throughout
+    finally:
+        shutil.rmtree(site, ignore_errors=True)

@@ -62,6 +62,7 @@ class HttpAppChannel(ReadPausing):
         self._head_only = False
         self._connecting = False
         self._response_open = False
+        self._retry: list[bytes] | None = None  # a bodyless request's bytes, for one retry
 
     # -- the request side (same calls as AppChannel) -----------------------------------
 
@@ -70,6 +71,9 @@ class HttpAppChannel(ReadPausing):
         self._head_seen = False
         self._response_open = False
         self._pending.clear()
+        # A kept-alive connection the app closes as we reuse it (its idle timeout) is no
+        # error: a request without a body is sent again on a new connection, once.
+        self._retry = [] if self.transport is not None else None
         self.write(data)
 
     def write(self, data: bytes) -> None:
@@ -92,6 +96,11 @@ class HttpAppChannel(ReadPausing):
                 self._send(payload)
 
     def _send(self, data: bytes) -> None:
+        if self._retry is not None:
+            if self._chunked or self._retry:
+                self._retry = None  # it has a body: sending it twice is not ours to do
+            else:
+                self._retry.append(data)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
             return
@@ -165,6 +174,10 @@ class HttpAppChannel(ReadPausing):
         self.transport = None
         if self._response_open and complete_on_eof:
             self.response_done(reusable=False)  # a close-delimited body ended
+        elif self.sink is not None and not self._response_open and self._retry:
+            retry, self._retry = self._retry, None
+            for data in retry:
+                self._send(data)
         elif self.sink is not None:
             self._abort("the app closed the connection mid-request")
 
