@@ -156,6 +156,10 @@ class PassengerServer:
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
+    def wait_for_log(self, text: str, timeout: float = 5.0) -> None:
+        """Log lines reach the file through the logging agent, a moment after the fact."""
+        wait_for(lambda: text in self.log(), timeout, message=f"{text!r} in the log")
+
     def instance_dir(self) -> Path | None:
         found = [p for p in self.registry.glob("passenger.*")
                  if (p / "creation_finalized").exists()]

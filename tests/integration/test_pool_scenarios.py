@@ -64,8 +64,7 @@ def test_1_queue_limit_rejects_the_overflow_at_once() -> None:
                 assert b"under heavy load (queue full)" in body
                 assert seconds < 0.15, f"a 503 took {seconds:.3f} s"
         assert group(server)["requests_rejected"] == 18
-        assert "Request queue of" in server.log() and "--max-request-queue-size 10" in \
-            server.log()
+        server.wait_for_log("--max-request-queue-size 10")
 
 
 def test_2_scales_up_under_load_and_back_down_when_idle() -> None:
@@ -90,7 +89,7 @@ def test_2_scales_up_under_load_and_back_down_when_idle() -> None:
         assert seen_max == 3 and len(served_by) == 3  # never beyond --max-pool-size
         wait_for(lambda: len(pids_of(server)) == 1, 8, interval=0.2,
                  message="back down to --min-instances")
-        assert "idle for more than 2 s (--pool-idle-time)" in server.log()
+        server.wait_for_log("idle for more than 2 s (--pool-idle-time)")
 
 
 def test_3_hung_request_gets_504_its_process_is_replaced_and_the_queue_moves() -> None:
@@ -121,8 +120,9 @@ def test_4_process_over_memory_limit_is_replaced_and_no_request_fails() -> None:
             time.sleep(0.3)
         assert pids_of(server) and fat_pid not in pids_of(server)
         assert all(status == 200 for _, status, _ in loop.results), loop.results[-5:]
-        assert re.search(rf"App process {fat_pid} .*uses \d+ MB of private dirty memory, "
-                         rf"over --memory-limit 60 MB; replacing it", server.log())
+        wait_for(lambda: re.search(rf"App process {fat_pid} .*uses \d+ MB of private dirty "
+                                   rf"memory, over --memory-limit 60 MB; replacing it",
+                                   server.log()), 5, message="the reason in the log")
 
 
 def test_5_full_pool_gives_a_second_app_the_oldest_idle_process_of_the_first() -> None:
@@ -141,7 +141,7 @@ def test_5_full_pool_gives_a_second_app_the_oldest_idle_process_of_the_first() -
         by_name = {g["base_uri"]: g for g in pool["groups"]}
         assert [p["pid"] for p in by_name["/b"]["processes"]] == [b_pid]
         assert by_name["/a"]["processes"] == [] and pool["process_count"] == 1
-        assert "the pool is full and" in server.log()
+        server.wait_for_log("the pool is full and")
         status, _, _ = server.get("/elsewhere")
         assert status == 404
 
@@ -158,9 +158,12 @@ def test_6_max_requests_with_jitter_recycles_at_distinct_counts_without_failures
         results = [r for loop in loops for r in loop.results]
         assert len(results) == 440
         assert all(status == 200 for _, status, _ in results)
-        counts = [int(n) for n in re.findall(r"has served (\d+) requests \(--max-requests 50",
-                                             server.log())]
-        assert len(counts) >= 4, server.log()
+        def recycled() -> list[int]:
+            return [int(n) for n in re.findall(
+                r"has served (\d+) requests \(--max-requests 50", server.log())]
+
+        counts = wait_for(lambda: len(c := recycled()) >= 4 and c, 5,
+                          message="four recycles in the log")
         assert all(50 <= n <= 70 for n in counts)
         assert len(set(counts)) == len(counts), f"two processes recycled at one count: {counts}"
 

@@ -62,9 +62,11 @@ def test_logging_agent_killed_five_times_loses_and_duplicates_nothing() -> None:
         counts = access_ids(access_log)
         assert set(counts) == answered
         assert max(counts.values()) == 1, "duplicated access log lines"
-        main_log = server.log()
-        printed = {int(m) for m in re.findall(r"App \d+ output: req-(\d+)$", main_log, re.M)}
-        assert printed == answered
+        def printed() -> set[int]:
+            return {int(m) for m in re.findall(r"App \d+ output: req-(\d+)$", server.log(),
+                                               re.M)}
+        wait_for(lambda: printed() >= answered, 10, message="every printed line in the log")
+        assert printed() == answered
         print(f"{len(answered)} requests, 5 logging agent kills, 0 lost, 0 duplicated")
     finally:
         server.stop()
@@ -132,7 +134,7 @@ def test_logging_agent_crash_loop_backs_off_and_the_server_keeps_serving(
         delays = [float(d) for d in re.findall(r"restarting it in ([\d.]+) s", server.log())]
         print(f"restart delays while crash-looping: {delays}; {served} requests served")
         assert delays[:3] == [0.5, 1.0, 2.0]
-        assert "exited with exit status 3 while starting" in server.log()
+        server.wait_for_log("exited with exit status 3 while starting")
 
 
 def test_daemonize_then_stop_leaves_nothing_running(tmp_path: Path) -> None:

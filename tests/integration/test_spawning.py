@@ -95,7 +95,7 @@ def test_2_rolling_restart_under_load_fails_nothing_and_replaces_every_pid(
         failures = [r for r in loop.results if r[1] != 200]
         print(f"rolling restart: {len(loop.results)} requests, {len(failures)} failed")
         assert not failures and len(loop.results) > 100
-        assert "Rolling restart of" in server.log()
+        server.wait_for_log("Rolling restart of")
 
 
 def test_3_rolling_restart_to_broken_code_keeps_the_old_processes_serving(
@@ -115,8 +115,8 @@ def test_3_rolling_restart_to_broken_code_keeps_the_old_processes_serving(
             time.sleep(0.5)
         assert all(status == 200 for _, status, _ in loop.results)
         assert set(server.app_pids()) == old
-        assert "deploy gone wrong: missing dependency" in server.log()
-        assert "Keeping the 1 old process(es)" in server.log()
+        server.wait_for_log("deploy gone wrong: missing dependency")
+        server.wait_for_log("Keeping the 1 old process(es)")
         text = server.run_tool("passenger-status").stdout
         assert "Last spawn error: ImportError: deploy gone wrong" in text
 
@@ -170,7 +170,7 @@ def test_6_syntax_error_gives_the_right_error_page_and_the_server_stays_up(
             assert b"PASSENGER_APP_ENV" in body  # the environment is shown
         else:
             assert b"something went wrong" in body and b"SyntaxError" not in body
-        assert "SyntaxError" in server.log()
+        server.wait_for_log("SyntaxError")
         assert server.run_tool("passenger-status").returncode == 0
     finally:
         server.stop()
@@ -230,7 +230,8 @@ def test_preloader_idles_out_and_a_dead_preloader_is_replaced_on_the_next_spawn(
         first = preloader_pid(server)
         assert first is not None
         wait_for(lambda: is_gone(first), 5, message="the idle preloader stopped")
-        assert "unused for 1 s (--max-preloader-idle-time)" in server.log()
+        wait_for(lambda: "unused for 1 s (--max-preloader-idle-time)" in server.log(), 5,
+                 message="the reason in the log")
         os.kill(pid, signal.SIGKILL)  # the replacement needs a preloader again
         wait_for(lambda: (p := server.app_pids()) and pid not in p, 10,
                  message="a replacement process")
@@ -251,7 +252,7 @@ def test_app_that_starts_threads_at_import_is_spawned_directly(app_copy: Path) -
                       + source.read_text())
     with running_server(app_copy, "--min-instances", "2") as server:
         wait_for(lambda: len(server.app_pids()) == 2, 15, message="two processes")
-        assert "cannot be preloaded safely (the app started 1 thread(s)" in server.log()
+        server.wait_for_log("cannot be preloaded safely (the app started 1 thread(s)")
         assert preloader_pid(server) is None
         assert server.get("/")[0] == 200
 
