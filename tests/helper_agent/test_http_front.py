@@ -149,3 +149,15 @@ def test_app_output_goes_to_the_log_with_its_pid(server: PassengerServer) -> Non
     pid = headers["x-pid"]
     wait_for(lambda: f"App {pid} output: marker-31337" in server.log(), 5,
              message="the app's line in the log")
+
+
+def test_stdlib_asyncio_fallback_serves_the_same() -> None:
+    with running_server(INSTRUMENTED_APP, env={"PASSENGER_EVENT_LOOP": "asyncio"}) as srv:
+        srv.wait_for_log("(event loop: asyncio)")
+        reply = raw_exchange(srv.port, b"POST /echo HTTP/1.1\r\nHost: x\r\n"
+                                       b"Transfer-Encoding: chunked\r\n\r\n"
+                                       b"5\r\nhello\r\n0\r\n\r\n"
+                                       b"GET /stream?n=2 HTTP/1.1\r\nHost: x\r\n"
+                                       b"Connection: close\r\n\r\n")
+        assert reply.count(b"HTTP/1.1 200 OK") == 2
+        assert b"\r\n\r\nhello" in reply and reply.endswith(b"0\r\n\r\n")

@@ -77,7 +77,8 @@ class HelperAgent:
         flusher = loop.create_task(self._flush_logs(access_log))
         pool.start()
         report_ready(self.feedback_fd, admin_socket=admin_path, pid=os.getpid())
-        log.info("Helper agent online, PID %d, serving %s", os.getpid(), self.config.app_root)
+        log.info("Helper agent online, PID %d, serving %s (event loop: %s)", os.getpid(),
+                 self.config.app_root, type(loop).__module__.split(".")[0])
 
         await self.stopped.wait()
         log.info("Helper agent shutting down (%s)", self.stop_reason)
