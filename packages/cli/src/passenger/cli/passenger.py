@@ -16,6 +16,7 @@ Run 'passenger <command> --help' for more information about each command.
 from __future__ import annotations
 
 import os
+import select
 import signal
 import sys
 import time
@@ -185,6 +186,11 @@ def start(args: dict[str, object]) -> None:
 
 def wait_for_daemon(ready_fd: int) -> int:
     """Print the daemon's banner once it is ready, or its error."""
+    readable, _, _ = select.select([ready_fd], [], [], DAEMON_START_TIMEOUT)
+    if not readable:
+        print(f"*** ERROR: the server did not report readiness within "
+              f"{DAEMON_START_TIMEOUT:.0f} s; see its log file", file=sys.stderr)
+        return 1
     with os.fdopen(ready_fd, "rb") as f:
         report = parse_feedback(f.readline())
     if report["status"] == "ready":

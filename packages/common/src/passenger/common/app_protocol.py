@@ -29,7 +29,6 @@ CONTENT_LENGTH = struct.Struct(">q")
 END = LENGTH.pack(0)
 ABORT_MARK = 0xFFFFFFFF
 ABORT = LENGTH.pack(ABORT_MARK)
-MAX_HEAD = 1 << 20
 
 
 def encode_request_head(block: bytes) -> bytes:

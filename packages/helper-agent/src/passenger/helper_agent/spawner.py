@@ -156,7 +156,7 @@ class Spawner:
         output: list[str] = []
         self._forward_output(process.pid, output_r, output,
                              keeping=lambda: process.state is ProcessState.SPAWNING)
-        self._adopt(process, None)
+        self._adopt(process)
         try:
             await self._await_port(process, port, output)
         except BaseException:  # a spawn error, or cancelled because we are stopping
@@ -190,7 +190,7 @@ class Spawner:
         socket_path = self._socket_path()
         popen, feedback_r, output = self._start_loader({"socket_path": socket_path})
         process = AppProcess(popen=popen, socket_path=socket_path)
-        self._adopt(process, output)
+        self._adopt(process)
         return await self._finish_spawn(process, feedback_r, output)
 
     async def _spawn_smart(self) -> AppProcess:
@@ -218,7 +218,7 @@ class Spawner:
         process = AppProcess(popen=popen, socket_path=socket_path)
         self._forward_output(pid, output_r, output,
                              keeping=lambda: process.state is ProcessState.SPAWNING)
-        self._adopt(process, None)
+        self._adopt(process)
         return await self._finish_spawn(process, feedback_r, output)
 
     async def _running_preloader(self) -> Preloader:
@@ -319,7 +319,7 @@ class Spawner:
             raise SpawnError(str(message.get("message")), output)
         return message
 
-    def _adopt(self, process: AppProcess, output: list[str] | None) -> None:
+    def _adopt(self, process: AppProcess) -> None:
         """Watch the process's exit."""
         self._watch_exit(process.popen, lambda: self._process_exited(process))
 

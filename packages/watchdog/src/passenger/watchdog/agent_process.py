@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -55,7 +54,6 @@ class AgentProcess:
         self.start_timeout = start_timeout
         self.state = AgentState.STOPPED
         self.popen: subprocess.Popen[bytes] | None = None
-        self.started_at = 0.0
         self.on_exit: Callable[[AgentProcess, int], None] = lambda agent, code: None
         self._exited: asyncio.Event | None = None
 
@@ -83,7 +81,6 @@ class AgentProcess:
                                     reported=True) from None
         finally:
             os.close(feedback_w)
-        self.started_at = time.monotonic()
         self._watch_exit()
         assert self.popen.stdin is not None
         with contextlib.suppress(BrokenPipeError):  # it died at once: the feedback says so
