@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -26,6 +27,44 @@ HELLO_APP = TESTS.parent / "examples" / "hello"
 INSTRUMENTED_APP = TESTS / "apps" / "instrumented"
 PASSENGER_TITLES = ("PassengerWatchdog", "PassengerHelperAgent", "PassengerLoggingAgent",
                     "Passenger WsgiApp:", "Passenger AppPreloader:", "Passenger App:")
+
+
+def as_nobody(fn: Callable[[], str], timeout: float = 20.0) -> str:
+    """fn() in a forked child that (when we are root) first drops to nobody, as an
+    ordinary user would run it: root reads mode-000 files, so only a real privilege drop
+    shows EACCES. No exec: our venv may be out of nobody's reach. Bounded; always reaped."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        status = 1
+        try:
+            os.close(r)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+            os.write(w, fn().encode())
+            status = 0
+        except BaseException as exc:
+            os.write(w, f"child failed: {exc!r}".encode())
+        finally:
+            os._exit(status)
+    os.close(w)
+    chunks = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if select.select([r], [], [], 0.1)[0]:
+                chunk = os.read(r, 65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+    finally:
+        os.close(r)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return b"".join(chunks).decode()
 
 
 def free_port() -> int:
@@ -57,6 +96,29 @@ def http_request(port: int, path: str = "/", method: str = "GET", body: bytes | 
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
+
+
+def concurrent_requests(port: int, paths: list[str], timeout: float = 30
+                        ) -> list[tuple[int, bytes, float]]:
+    """Send all requests at once (one thread each); -> (status, body, seconds) each."""
+    results: list[tuple[int, bytes, float]] = [(0, b"", 0.0)] * len(paths)
+    barrier = threading.Barrier(len(paths))
+
+    def one(i: int, path: str) -> None:
+        barrier.wait(10)
+        started = time.monotonic()
+        try:
+            status, _, body = http_request(port, path, timeout=timeout)
+        except OSError as exc:
+            status, body = 0, str(exc).encode()
+        results[i] = (status, body, time.monotonic() - started)
+
+    threads = [threading.Thread(target=one, args=(i, p)) for i, p in enumerate(paths)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout + 15)
+    return results
 
 
 def is_gone(pid: int) -> bool:

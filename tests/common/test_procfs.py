@@ -3,19 +3,16 @@ parsing rules, the missing/unreadable/vanished cases, and the API the agents use
 
 from __future__ import annotations
 
-import contextlib
 import os
-import select
 import shutil
-import signal
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from passenger.common.procfs import CLOCK_TICKS, MemoryUsage, ProcessEntry, ProcessGone, ProcFS
+from support import as_nobody
 
 MIXED = Path(__file__).parents[1] / "fixtures" / "procfs" / "mixed"
 
@@ -117,44 +114,6 @@ def test_unreadable_files_give_none(tree: Path) -> None:
     assert ProcFS(tree).memory(100).smaps_kb("Private_Dirty") is None
 
 
-def as_unprivileged(fn: Callable[[], object], timeout: float = 10.0) -> str:
-    """repr(fn()) computed in a forked child that, when we are root, first drops to
-    nobody: root reads mode-000 files, so only a real privilege drop shows EACCES."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into pytest
-        status = 1
-        try:
-            os.close(r)
-            if os.geteuid() == 0:
-                os.setgroups([])
-                os.setresgid(65534, 65534, 65534)
-                os.setresuid(65534, 65534, 65534)
-            os.write(w, repr(fn()).encode())
-            status = 0
-        except BaseException as exc:
-            os.write(w, f"child failed: {exc!r}".encode())
-        finally:
-            os._exit(status)
-    os.close(w)
-    chunks = []
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([r], [], [], 0.1)
-            if ready:
-                chunk = os.read(r, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    finally:
-        os.close(r)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    return b"".join(chunks).decode()
-
-
 @pytest.fixture
 def shared_tree() -> Iterator[Path]:
     """A copy that nobody can traverse (pytest's tmp_path is private to root)."""
@@ -174,8 +133,8 @@ def test_permission_denied_gives_none(shared_tree: Path) -> None:
     (shared_tree / "101" / "smaps_rollup").chmod(0)
     (shared_tree / "101" / "smaps").chmod(0)
     procfs = ProcFS(shared_tree)
-    result = as_unprivileged(lambda: (procfs.memory(100), procfs.memory(101).smaps,
-                                      procfs.memory(200).smaps_kb("Private_Dirty")))
+    result = as_nobody(lambda: repr((procfs.memory(100), procfs.memory(101).smaps,
+                                     procfs.memory(200).smaps_kb("Private_Dirty"))))
     assert result == repr((MemoryUsage(vm_size_kb=None, threads=None, smaps=None), None, 205))
 
 

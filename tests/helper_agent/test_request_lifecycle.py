@@ -5,9 +5,11 @@ process, so a wedged channel would show at once as a hang."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import tempfile
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,60 +144,54 @@ def test_100_continue_comes_after_earlier_pipelined_responses(
         assert rest.startswith(b"HTTP/1.1 200 OK")
 
 
-def test_generic_app_gets_a_chunked_get_body_framed() -> None:
+@contextlib.contextmanager
+def generic_app(do_get_body: str) -> Iterator[PassengerServer]:
+    """A server running a keep-alive HTTP/1.1 app of our own through
+    --app-start-command; `do_get_body` is its do_GET, which answers `body`."""
     site = Path(tempfile.mkdtemp(prefix="pgen.", dir="/tmp"))
-    app = ("import http.server, os\n"
-           "class H(http.server.BaseHTTPRequestHandler):\n"
-           "    protocol_version = 'HTTP/1.1'\n"
-           "    def do_GET(self):\n"
-           "        body = self.path.encode()\n"
-           "        self.send_response(200)\n"
-           "        self.send_header('Content-Length', str(len(body)))\n"
-           "        self.end_headers()\n"
-           "        self.wfile.write(body)\n"
-           "    def log_message(self, *args): pass\n"
-           "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n")
-    (site / "app.py").write_text(app)
+    (site / "app.py").write_text(
+        "import http.server, os\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    protocol_version = 'HTTP/1.1'\n"
+        "    def do_GET(self):\n"
+        + textwrap.indent(textwrap.dedent(do_get_body), " " * 8) +
+        "        self.send_response(200)\n"
+        "        self.send_header('Content-Length', str(len(body)))\n"
+        "        self.end_headers()\n"
+        "        self.wfile.write(body)\n"
+        "    def log_message(self, *args): pass\n"
+        "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n")
     try:
-        with running_server(site, "--app-start-command", "exec python3 app.py") as gen:
-            with connect(gen.port) as smuggler:
-                smuggled = (b"GET /admin-only HTTP/1.1\r\nHost: x\r\n\r\n")
-                smuggler.sendall(b"GET /public HTTP/1.1\r\nHost: x\r\n"
-                                 b"Transfer-Encoding: chunked\r\n\r\n"
-                                 + b"%x\r\n" % len(smuggled) + smuggled + b"\r\n0\r\n\r\n")
-                first = read_response(smuggler)
-            status, _, body = gen.get("/victim")
-            assert body == b"/victim" and status == 200
-            assert first.endswith(b"/public")
+        with running_server(site, "--app-start-command", "exec python3 app.py") as server:
+            yield server
     finally:
         shutil.rmtree(site, ignore_errors=True)
 
+
+def test_generic_app_gets_a_chunked_get_body_framed() -> None:
+    with generic_app("body = self.path.encode()\n") as gen:
+        with connect(gen.port) as smuggler:
+            smuggled = b"GET /admin-only HTTP/1.1\r\nHost: x\r\n\r\n"
+            smuggler.sendall(b"GET /public HTTP/1.1\r\nHost: x\r\n"
+                             b"Transfer-Encoding: chunked\r\n\r\n"
+                             + b"%x\r\n" % len(smuggled) + smuggled + b"\r\n0\r\n\r\n")
+            first = read_response(smuggler)
+        status, _, body = gen.get("/victim")
+        assert body == b"/victim" and status == 200
+        assert first.endswith(b"/public")
 
 
 def test_generic_app_closing_a_kept_alive_connection_is_retried_not_a_502() -> None:
-    site = Path(tempfile.mkdtemp(prefix="pgen.", dir="/tmp"))
     # Each connection gets one answer; a second request on it is dropped unanswered, as a
     # server whose keep-alive timeout fires just as the request arrives would do.
-    app = ("import http.server, os\n"
-           "class H(http.server.BaseHTTPRequestHandler):\n"
-           "    protocol_version = 'HTTP/1.1'\n"
-           "    def do_GET(self):\n"
-           "        if getattr(self, 'served', False):\n"
-           "            self.close_connection = True\n"
-           "            return\n"
-           "        self.served = True\n"
-           "        body = str(os.getpid()).encode()\n"
-           "        self.send_response(200)\n"
-           "        self.send_header('Content-Length', str(len(body)))\n"
-           "        self.end_headers()\n"
-           "        self.wfile.write(body)\n"
-           "    def log_message(self, *args): pass\n"
-           "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n")
-    (site / "app.py").write_text(app)
-    try:
-        with running_server(site, "--app-start-command", "exec python3 app.py") as gen:
-            answers = [gen.get("/", timeout=5) for _ in range(4)]
-            assert [status for status, _, _ in answers] == [200] * 4
-            assert len({body for _, _, body in answers}) == 1  # the same process throughout
-    finally:
-        shutil.rmtree(site, ignore_errors=True)
+    dropping = """
+        if getattr(self, 'served', False):
+            self.close_connection = True
+            return
+        self.served = True
+        body = str(os.getpid()).encode()
+    """
+    with generic_app(dropping) as gen:
+        answers = [gen.get("/", timeout=5) for _ in range(4)]
+        assert [status for status, _, _ in answers] == [200] * 4
+        assert len({body for _, _, body in answers}) == 1  # the same process throughout

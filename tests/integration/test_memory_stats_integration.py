@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from webservers import APACHE, NGINX, Apache, Nginx, WebServer, installed, runni
 
 from passenger.cli.memory_stats import run
 from passenger.common.procfs import ProcFS
-from support import BIN, PassengerServer, running_server, wait_for
+from support import BIN, PassengerServer, as_nobody, running_server, wait_for
 
 TOOL = str(BIN / "passenger-memory-stats")
 MB = 1024 * 1024
@@ -272,42 +272,6 @@ def test_real_instance_agents_killed_tool_exits_0() -> None:
 
 
 # -- the unprivileged view of another user's processes ----------------------------------
-
-def as_nobody(fn: Callable[[], str], timeout: float = 20.0) -> str:
-    """fn() in a forked child that dropped root for nobody, as an ordinary user runs
-    the tool (the venv under /root is out of nobody's reach, so no exec)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        status = 1
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
-            os.write(w, fn().encode())
-            status = 0
-        except BaseException as exc:
-            os.write(w, f"child failed: {exc!r}".encode())
-        finally:
-            os._exit(status)
-    os.close(w)
-    chunks = []
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if select.select([r], [], [], 0.1)[0]:
-                chunk = os.read(r, 65536)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-    finally:
-        os.close(r)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    return b"".join(chunks).decode()
-
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to start root-owned nginx")
 def test_unprivileged_user_sees_question_marks_and_the_sudo_warning(

@@ -13,34 +13,11 @@ from support import (
     INSTRUMENTED_APP,
     PassengerServer,
     RequestLoop,
-    http_request,
+    concurrent_requests,
     is_gone,
     running_server,
     wait_for,
 )
-
-
-def concurrent_requests(port: int, paths: list[str], timeout: float = 30
-                        ) -> list[tuple[int, bytes, float]]:
-    """Send all requests at once (one thread each); -> (status, body, seconds) each."""
-    results: list[tuple[int, bytes, float]] = [(0, b"", 0.0)] * len(paths)
-    barrier = threading.Barrier(len(paths))
-
-    def one(i: int, path: str) -> None:
-        barrier.wait(10)
-        started = time.monotonic()
-        try:
-            status, _, body = http_request(port, path, timeout=timeout)
-        except OSError as exc:
-            status, body = 0, str(exc).encode()
-        results[i] = (status, body, time.monotonic() - started)
-
-    threads = [threading.Thread(target=one, args=(i, p)) for i, p in enumerate(paths)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout + 15)
-    return results
 
 
 def pids_of(server: PassengerServer) -> list[int]:

@@ -20,6 +20,7 @@ from support import (
     INSTRUMENTED_APP,
     PassengerServer,
     RequestLoop,
+    concurrent_requests,
     is_gone,
     running_server,
     wait_for,
@@ -184,8 +185,6 @@ def _get_or_none(server: PassengerServer) -> tuple[int, dict[str, str], bytes] |
 
 
 def test_7_threaded_process_serves_four_requests_at_once() -> None:
-    from test_pool_scenarios import concurrent_requests
-
     with running_server(INSTRUMENTED_APP, "--concurrency-model", "thread", "--thread-count",
                         "4", "--min-instances", "1", "--max-pool-size", "1") as server:
         started = time.monotonic()

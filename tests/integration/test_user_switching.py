@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from support import INSTRUMENTED_APP, running_server, wait_for
+from support import INSTRUMENTED_APP, PassengerServer, running_server, wait_for
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # one that other users may run (ours may be private)
 
@@ -60,10 +60,7 @@ def test_user_option_and_unknown_user(app_dir: Path) -> None:
     with running_server(app_dir, "--user", "daemon", "--python", SYSTEM_PYTHON) as server:
         pids = wait_for(lambda: server.app_pids(), 15, message="a process")
         assert app_users(pids) == {"daemon"}
-    server_args = ["--user", "no-such-user-here"]
-    from support import PassengerServer
-
-    bad = PassengerServer(app_dir, *server_args)
+    bad = PassengerServer(app_dir, "--user", "no-such-user-here")
     bad.start(wait_ready=False)
     assert bad.proc is not None and bad.proc.wait(15) == 1
     assert "--user: there is no user named 'no-such-user-here'" in bad.console()
