@@ -79,10 +79,11 @@ def test_streaming_response_to_http10_client_is_closed_delimited(
     assert body == b"part 0\npart 1\n"
 
 
-def test_head_gets_headers_without_body(server: PassengerServer) -> None:
-    reply = raw_exchange(server.port, b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+def test_head_gets_the_apps_own_length_and_no_body(server: PassengerServer) -> None:
+    reply = raw_exchange(server.port, b"HEAD /sized HTTP/1.1\r\nHost: x\r\n"
+                                      b"Connection: close\r\n\r\n")
     head, _, body = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200 OK") and b"Content-Length:" in head
+    assert head.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: 6\r\n" in head
     assert body == b""
 
 

@@ -1,5 +1,6 @@
 """A small instrumented WSGI app for the tests: endpoints that report, sleep, echo,
-stream, print, fail and allocate."""
+stream, print, fail, allocate, and answer with the statuses, headers and bodies a test
+asks for."""
 
 import json
 import os
@@ -51,9 +52,27 @@ def application(environ, start_response):
         for i in range(0, len(block), 4096):
             block[i] = 1
         _hoard.append(block)
-    elif path == "/status":
+    elif path == "/status":  # a status, and optionally a body it should not have
         start_response(query.get("code", "204 No Content"), headers)
-        return []
+        return [query["body"].encode()] if "body" in query else []
+    elif path == "/sized":  # the app gives its own Content-Length
+        start_response("200 OK", [*headers, ("Content-Length", "6")])
+        return [b"sized\n"]
+    elif path == "/header":  # a response header whose value the client chooses
+        start_response("200 OK", [*headers, (query.get("name", "X-Echo"),
+                                             query.get("value", ""))])
+        return [b"ok\n"]
+    elif path.startswith("/redir"):  # a redirect to (part of) the decoded path
+        start_response("302 Found", [*headers, ("Location", path[len("/redir"):] or "/")])
+        return [b"moved\n"]
+    elif path == "/file":  # a file through wsgi.file_wrapper
+        wrapper = environ["wsgi.file_wrapper"]
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return wrapper(open(query["path"], "rb"))  # noqa: SIM115 (closed by the server)
+    elif path == "/upload":  # reads the whole body, then says how much it got
+        data = environ["wsgi.input"].read()
+        start_response("200 OK", headers)
+        return [f"got {len(data)} of {environ.get('CONTENT_LENGTH', '?')}\n".encode()]
     body = f"pid={os.getpid()}\n".encode()
     start_response("200 OK", [*headers, ("X-Pid", str(os.getpid()))])
     return [body]

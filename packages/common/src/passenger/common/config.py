@@ -8,6 +8,7 @@ value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import pwd
@@ -16,6 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class ConfigError(ValueError):
@@ -96,6 +99,19 @@ class ServerConfig:
     access_log: str = _option("", "Where to write the access log (default: none)")
     pid_file: str = _option("", "Where to store the PID file (default: in the app dir)")
     daemonize: bool = _option(False, "Daemonize into the background")
+    limit_request_line: int = _option(8190, "Longest request line in bytes, else 414 (0: the "
+                                            "largest, 65536)", minimum=0, maximum=65536)
+    limit_request_fields: int = _option(100, "Most header fields in a request, else 431 (0: "
+                                             "the largest, 32768)", minimum=0, maximum=32768)
+    limit_request_field_size: int = _option(8190, "Longest header field in bytes, else 431 "
+                                                  "(0: the largest, 65536)",
+                                            minimum=0, maximum=65536)
+    forwarded_allow_ips: str = _option("127.0.0.1,::1", "Proxies whose X-Forwarded-Proto, "
+                                                        "X-Forwarded-Ssl and Forwarded "
+                                                        "headers set the URL scheme "
+                                                        "(comma-separated addresses or "
+                                                        "networks; * for all)")
+    server_header: bool = _option(True, "Send a Server header in responses")
     graceful_timeout: int = _option(30, "Seconds in-flight requests may take to finish when "
                                         "stopping", minimum=0, maximum=3600)
     log_level: str = _option("info", "Least severe log level written",
@@ -276,7 +292,25 @@ def parse_values(values: Mapping[str, Any], source: Any) -> ServerConfig:
     return _checked(ServerConfig(**converted))
 
 
+def parse_allow_ips(spec: str) -> tuple[bool, tuple[IPNetwork, ...]]:
+    """`127.0.0.1,::1,10.0.0.0/8` -> (False, networks); `*` -> (True, ()).
+    Raises ConfigError naming the entry that is neither an address nor a network."""
+    entries = [e.strip() for e in spec.split(",") if e.strip()]
+    if "*" in entries:
+        return True, ()
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ConfigError(f"--forwarded-allow-ips: {entry!r} is not an IP address or "
+                              f"network; allowed: addresses, networks (10.0.0.0/8) or *, "
+                              f"comma-separated") from None
+    return False, tuple(networks)
+
+
 def _checked(config: ServerConfig) -> ServerConfig:
+    parse_allow_ips(config.forwarded_allow_ips)
     for _, app in config.app_configs():
         if app.user:
             try:

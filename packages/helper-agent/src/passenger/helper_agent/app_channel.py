@@ -6,21 +6,26 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from passenger.common import app_protocol as proto
 
+if TYPE_CHECKING:
+    from passenger.helper_agent.tunnel import Tunnel
+
 log = logging.getLogger(__name__)
 LENGTH = proto.LENGTH
+MAX_RESPONSE_HEAD = 1 << 20  # a head frame larger than this is not a sane app's
 
 
 class ResponseSink(Protocol):
     """What receives an app's response: the front end's request."""
 
-    def on_response_head(self, content_length: int, head: bytes) -> None: ...
+    def on_response_head(self, content_length: int, flags: int, head: bytes) -> None: ...
     def on_response_body(self, data: bytes) -> None: ...
     def on_response_end(self) -> None: ...
     def on_response_abort(self, reason: str, status: int = 502) -> None: ...
+    def on_upgrade(self, app: asyncio.Transport) -> Tunnel | None: ...
     def flush(self) -> None: ...
 
 
@@ -56,19 +61,24 @@ class ReadPausing:
 
 
 class AppChannel(ReadPausing, asyncio.Protocol):
+    """Our frames over a Unix socket. Body frames are relayed as their bytes arrive (a
+    large frame is never held whole); only a response head is read complete first."""
+
     def __init__(self, on_response_end: Callable[[Channel], None],
                  on_lost: Callable[[], None]) -> None:
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.buffer = bytearray()   # an incomplete frame length or response head
+        self.frame_remaining = 0    # bytes of the current body frame still to come
         self.sink: ResponseSink | None = None
         self.head_seen = False
         self.discarded = False  # closed on purpose: not a sign the process is broken
+        self.broken = False     # the app broke the frame protocol on it
         self._on_response_end = on_response_end
         self._on_lost = on_lost
 
     @property
     def available(self) -> bool:
-        return self.transport is not None
+        return self.transport is not None and not self.broken
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -93,36 +103,64 @@ class AppChannel(ReadPausing, asyncio.Protocol):
         self.close()
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buffer
-        buf += data
-        offset = 0
-        size = len(buf)
-        while size - offset >= 4:
-            n = LENGTH.unpack_from(buf, offset)[0]
+        if self.buffer:
+            self.buffer += data
+            data = bytes(self.buffer)
+            self.buffer.clear()
+        pos = 0
+        size = len(data)
+        while pos < size:
+            if self.frame_remaining:
+                take = min(self.frame_remaining, size - pos)
+                self.frame_remaining -= take
+                if self.sink is not None:
+                    self.sink.on_response_body(
+                        data if take == size else data[pos:pos + take])
+                pos += take
+                continue
+            if size - pos < 4:
+                break
+            n = LENGTH.unpack_from(data, pos)[0]
             if n == proto.ABORT_MARK:
-                offset += 4
+                pos += 4
                 self._finish(abort="the application failed while sending its response")
                 continue
-            if size - offset - 4 < n:
-                break
-            payload = bytes(buf[offset + 4:offset + 4 + n])
-            offset += 4 + n
-            sink = self.sink
-            if sink is None:
+            if self.sink is None:
                 log.warning("App process sent data with no request in progress; closing")
                 self.close()
                 return
-            if not self.head_seen:
-                self.head_seen = True
-                length, head = proto.decode_response_head(payload)
-                sink.on_response_head(length, head)
-            elif n:
-                sink.on_response_body(payload)
-            else:
-                self._finish()
-        del buf[:offset]
+            if self.head_seen:
+                pos += 4
+                if n:
+                    self.frame_remaining = n
+                else:
+                    self._finish()
+                continue
+            if n > MAX_RESPONSE_HEAD:
+                self._broken(f"a response head of {n} bytes")
+                return
+            if size - pos - 4 < n:
+                break  # the head is read whole
+            self.head_seen = True
+            try:
+                length, flags, head = proto.decode_response_head(data[pos + 4:pos + 4 + n])
+            except proto.ProtocolError as exc:
+                self._broken(str(exc))
+                return
+            pos += 4 + n
+            self.sink.on_response_head(length, flags, head)
+        if pos < size:
+            self.buffer += data[pos:]
         if self.sink is not None:
             self.sink.flush()
+
+    def _broken(self, what: str) -> None:
+        """The app broke the frame protocol: this connection cannot be trusted again."""
+        log.warning("App process broke the frame protocol (%s); closing its connection",
+                    what)
+        self.broken = True
+        self._finish(abort=f"the application sent {what}")
+        self.close()
 
     def _finish(self, abort: str = "") -> None:
         sink, self.sink = self.sink, None

@@ -7,10 +7,11 @@ import html
 import time
 from collections.abc import Mapping
 
-REASONS = {400: "Bad Request", 404: "Not Found", 413: "Content Too Large",
+REASONS = {400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed",
            431: "Request Header Fields Too Large", 500: "Internal Server Error",
-           502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
-           505: "HTTP Version Not Supported"}
+           501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+           504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
 
 QUEUE_FULL_PAGE = ("This website is under heavy load (queue full). We're sorry, too many "
                    "people are accessing this website at the same time. We're working on "
@@ -38,11 +39,13 @@ def simple_page(status: int, reason: str) -> str:
             f"<h1>{title}</h1><p>{html.escape(reason)}</p></body></html>\n")
 
 
-def error_response(status: int, page: str, close: bool, head_only: bool = False) -> bytes:
+def error_response(status: int, page: str, close: bool, head_only: bool = False,
+                   server: bytes = b"") -> bytes:
+    """`server`: the whole Server header line, or nothing (--no-server-header)."""
     body = page.encode()
     head = (f"HTTP/1.1 {status_line(status)}\r\nContent-Type: text/html; charset=utf-8\r\n"
             f"Content-Length: {len(body)}\r\nCache-Control: no-cache, no-store\r\n").encode()
-    head += b"Date: " + http_date() + b"\r\n"
+    head += b"Date: " + http_date() + b"\r\n" + server
     if close:
         head += b"Connection: close\r\n"
     return head + b"\r\n" + (b"" if head_only else body)

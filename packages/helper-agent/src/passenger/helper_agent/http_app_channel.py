@@ -5,6 +5,11 @@ It takes the same request frames as `AppChannel` (see `passenger.common.app_prot
 turns them back into an HTTP request, and turns the app's HTTP response into the same
 calls on the request (`on_response_head` / `_body` / `_end`). A connection the app closes
 (HTTP/1.0 servers do after every response) is reopened for the next request.
+
+An upgrade request (a WebSocket handshake) goes to the app with its `Connection:
+Upgrade`; if the app answers 101, its TCP connection leaves this channel and becomes one
+end of a tunnel to the client, and the channel opens a new connection for the next
+request, so a long-lived WebSocket does not hold a request slot of the process.
 """
 
 from __future__ import annotations
@@ -18,10 +23,18 @@ import httptools
 
 from passenger.common import app_protocol as proto
 from passenger.helper_agent.app_channel import Channel, ReadPausing, ResponseSink
+from passenger.helper_agent.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
-HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"te",
-                        b"trailer", b"upgrade", b"proxy-connection", b"content-length"))
+# Hop-by-hop and framing headers: ours to set, not the client's to pass on (RFC 9110 7.6.1)
+REQUEST_HOP_BY_HOP = frozenset((
+    "HTTP_CONNECTION", "HTTP_KEEP_ALIVE", "HTTP_EXPECT", "HTTP_TRANSFER_ENCODING",
+    "HTTP_TE", "HTTP_TRAILER", "HTTP_UPGRADE", "HTTP_PROXY_CONNECTION",
+    "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO"))
+RESPONSE_HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"te",
+                                 b"trailer", b"upgrade", b"proxy-connection",
+                                 b"content-length"))
+SWITCHING_KEPT = frozenset((b"connection", b"upgrade"))  # what a 101 must pass on
 CGI_HEADERS = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
 
 
@@ -29,12 +42,13 @@ def http_request_head(environ: dict[str, str]) -> tuple[bytes, bool]:
     """-> (request line and headers, whether the body goes chunked)."""
     lines = [f"{environ.get('REQUEST_METHOD', 'GET')} {environ.get('REQUEST_URI', '/')} "
              f"HTTP/1.1"]
+    named = environ.get("HTTP_CONNECTION", "")  # fields the client made hop-by-hop
+    skip = REQUEST_HOP_BY_HOP | {
+        "HTTP_" + t.strip().upper().replace("-", "_") for t in named.split(",") if t.strip()}
     for key, value in environ.items():
         if key.startswith("HTTP_"):
-            if key in ("HTTP_CONNECTION", "HTTP_KEEP_ALIVE", "HTTP_EXPECT",
-                       "HTTP_TRANSFER_ENCODING"):
-                continue
-            lines.append(f"{key[5:].replace('_', '-').title()}: {value}")
+            if key not in skip:
+                lines.append(f"{key[5:].replace('_', '-').title()}: {value}")
         elif key in CGI_HEADERS and value:
             lines.append(f"{CGI_HEADERS[key]}: {value}")
     # A body of unknown length (the client sent it chunked) goes on chunked, whatever the
@@ -42,7 +56,13 @@ def http_request_head(environ: dict[str, str]) -> tuple[bytes, bool]:
     chunked = "HTTP_TRANSFER_ENCODING" in environ and "CONTENT_LENGTH" not in environ
     if chunked:
         lines.append("Transfer-Encoding: chunked")
-    lines.append("X-Forwarded-For: " + environ.get("REMOTE_ADDR", ""))
+    if proto.UPGRADE_KEY in environ:
+        lines += ["Connection: Upgrade", f"Upgrade: {environ.get('HTTP_UPGRADE', '')}"]
+    forwarded_for = environ.get("HTTP_X_FORWARDED_FOR")
+    remote = environ.get("REMOTE_ADDR", "")
+    lines.append("X-Forwarded-For: " + (f"{forwarded_for}, {remote}" if forwarded_for
+                                        else remote))
+    lines.append("X-Forwarded-Proto: " + environ.get("wsgi.url_scheme", "http"))
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), chunked
 
 
@@ -52,6 +72,7 @@ class HttpAppChannel(ReadPausing):
         self.port = port
         self.sink: ResponseSink | None = None
         self.transport: asyncio.Transport | None = None
+        self.protocol: _HttpAppProtocol | None = None
         self.available = True
         self._on_response_end = on_response_end
         self._on_lost = on_lost
@@ -60,6 +81,7 @@ class HttpAppChannel(ReadPausing):
         self._head_seen = False
         self._chunked = False
         self._head_only = False
+        self.upgrade = False            # the request asks to switch protocols
         self._connecting = False
         self._response_open = False
         self._retry: list[bytes] | None = None  # a bodyless request's bytes, for one retry
@@ -70,6 +92,7 @@ class HttpAppChannel(ReadPausing):
         self.sink = sink
         self._head_seen = False
         self._response_open = False
+        self.upgrade = False
         self._pending.clear()
         # A kept-alive connection the app closes as we reuse it (its idle timeout) is no
         # error: a request without a body is sent again on a new connection, once.
@@ -88,6 +111,7 @@ class HttpAppChannel(ReadPausing):
                 self._head_seen = True
                 environ = proto.decode_environ(payload)
                 self._head_only = environ.get("REQUEST_METHOD") == "HEAD"
+                self.upgrade = proto.UPGRADE_KEY in environ
                 head, self._chunked = http_request_head(environ)
                 self._send(head)
             elif self._chunked:
@@ -127,14 +151,16 @@ class HttpAppChannel(ReadPausing):
         """The client went away: drop this connection; the next request opens another."""
         self.sink = None
         self._response_open = False
+        self.protocol = None
         if self.transport is not None:
             transport, self.transport = self.transport, None
             transport.close()
 
     # -- the response side -------------------------------------------------------------
 
-    def connected(self, transport: asyncio.Transport) -> None:
+    def connected(self, protocol: _HttpAppProtocol, transport: asyncio.Transport) -> None:
         self.transport = transport
+        self.protocol = protocol
         self._connecting = False
         outgoing, self._outgoing = self._outgoing, []
         transport.write(b"".join(outgoing))
@@ -147,13 +173,36 @@ class HttpAppChannel(ReadPausing):
                 self.transport.close()
             return
         self._response_open = True
-        head = b"%d %b\r\n" % (status, reason or b"OK") + b"".join(
-            name + b": " + value + b"\r\n" for name, value in headers
-            if name.lower() not in HOP_BY_HOP)
-        if self.sink is not None:
-            self.sink.on_response_head(content_length, head)
-        if self._head_only:
+        kept = SWITCHING_KEPT if status == 101 else frozenset()
+        lines = []
+        flags = 0
+        for name, value in headers:
+            lower = name.lower()
+            if lower in RESPONSE_HOP_BY_HOP and lower not in kept:
+                continue
+            if lower == b"date":
+                flags |= proto.HAS_DATE
+            elif lower == b"server":
+                flags |= proto.HAS_SERVER
+            lines.append(name + b": " + value + b"\r\n")
+        head = b"%d %b\r\n" % (status, reason or b"OK") + b"".join(lines)
+        self.sink.on_response_head(content_length, flags, head)
+        if self._head_only and status != 101:
             self.response_done(reusable=False)
+
+    def upgraded(self, protocol: _HttpAppProtocol, rest: bytes) -> None:
+        """The app answered 101: its connection is handed to a tunnel; ours is gone."""
+        transport, self.transport, self.protocol = self.transport, None, None
+        sink, self.sink = self.sink, None
+        self._response_open = False
+        tunnel = sink.on_upgrade(transport) if sink is not None and transport else None
+        if tunnel is None:
+            if transport is not None:
+                transport.close()
+        else:
+            protocol.tunnel = tunnel
+            tunnel.from_app(rest)
+        self._on_response_end(self)
 
     def response_body(self, data: bytes) -> None:
         if self.sink is not None and not self._head_only:
@@ -172,6 +221,7 @@ class HttpAppChannel(ReadPausing):
 
     def disconnected(self, complete_on_eof: bool) -> None:
         self.transport = None
+        self.protocol = None
         if self._response_open and complete_on_eof:
             self.response_done(reusable=False)  # a close-delimited body ended
         elif self.sink is not None and not self._response_open and self._retry:
@@ -190,7 +240,8 @@ class HttpAppChannel(ReadPausing):
 
 
 class _HttpAppProtocol(asyncio.Protocol):
-    """One TCP connection to the app; parses its responses with httptools."""
+    """One TCP connection to the app; parses its responses with httptools. After a 101
+    it only relays bytes to its tunnel."""
 
     def __init__(self, channel: HttpAppChannel) -> None:
         self.channel = channel
@@ -199,23 +250,51 @@ class _HttpAppProtocol(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.content_length = -1
         self.close_delimited = False
+        self.tunnel: Tunnel | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.channel.connected(cast(asyncio.Transport, transport))
+        self.channel.connected(self, cast(asyncio.Transport, transport))
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_app(data)
+            return
         try:
             self.parser.feed_data(data)
-            if self.channel.sink is not None:
-                self.channel.sink.flush()
+        except httptools.HttpParserUpgrade as upgrade:
+            if self.channel.protocol is self and self.channel.upgrade:
+                self.channel.upgraded(self, data[upgrade.args[0]:])
+                return
+            self._malformed("an unrequested protocol switch")
+            return
         except httptools.HttpParserError as exc:
-            log.warning("Malformed response from the app on port %d: %s",
-                        self.channel.port, exc)
-            if self.channel.transport is not None:
-                self.channel.transport.close()
+            self._malformed(str(exc))
+            return
+        if self.channel.protocol is self and self.channel.sink is not None:
+            self.channel.sink.flush()
+
+    def _malformed(self, what: str) -> None:
+        log.warning("Malformed response from the app on port %d: %s", self.channel.port,
+                    what)
+        if self.channel.protocol is self and self.channel.transport is not None:
+            self.channel.transport.close()
+
+    def pause_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.app_paused()
+
+    def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.app_resumed()
+
+    def eof_received(self) -> bool | None:
+        return None  # close: a tunnel ends with either side
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.channel.disconnected(complete_on_eof=self.close_delimited)
+        if self.tunnel is not None:
+            self.tunnel.app_closed()
+        elif self.channel.protocol is self:
+            self.channel.disconnected(complete_on_eof=self.close_delimited)
 
     def on_message_begin(self) -> None:
         self.reason, self.headers, self.content_length = b"", [], -1
@@ -231,6 +310,9 @@ class _HttpAppProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
+        if status == 101 and self.channel.upgrade:
+            self.channel.response_head(status, self.reason, self.headers, -1)
+            return
         if 100 <= status < 200:
             return  # an interim response: the real one follows
         chunked = any(n.lower() == b"transfer-encoding" for n, _ in self.headers)

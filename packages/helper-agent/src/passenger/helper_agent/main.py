@@ -22,7 +22,7 @@ from passenger.common.log_records import LogLineHandler, LogLineWriter
 from passenger.common.process_title import HELPER_AGENT, set_title
 from passenger.common.startup_protocol import read_startup_document, report_error, report_ready
 from passenger.helper_agent.admin_api import AdminConnection, admin_routes
-from passenger.helper_agent.http_front import HttpConnection
+from passenger.helper_agent.http_front import FrontEnd
 from passenger.helper_agent.pool import Pool
 
 log = logging.getLogger("passenger.helper_agent.main")
@@ -59,7 +59,8 @@ class HelperAgent:
         if os.geteuid() == 0:  # apps run as other users create their sockets here
             os.chmod(self.instance.apps_dir, 0o1733)
         listener = socket.socket(fileno=self.listen_fd)
-        server = await loop.create_server(lambda: HttpConnection(pool, access_log),
+        front = FrontEnd(pool, self.config, access_log)
+        server = await loop.create_server(front.connection,
                                           sock=listener,
                                           backlog=2048)
         admin_path = str(self.instance.admin_socket)

@@ -10,7 +10,9 @@ which the app sees as EOF/EPIPE and stops working for nobody.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -18,36 +20,43 @@ from passenger.common import app_protocol as proto
 from passenger.helper_agent.app_channel import Channel
 from passenger.helper_agent.app_process import AppProcess
 from passenger.helper_agent.error_pages import error_response, http_date, simple_page
+from passenger.helper_agent.tunnel import Tunnel
 
 if TYPE_CHECKING:
     from passenger.helper_agent.group import Group
 
 log = logging.getLogger(__name__)
-NO_BODY_STATUSES = frozenset((204, 304))
 MAX_BUFFERED_BODY = 64 * 1024  # of a request still waiting for a process
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+# The shape of a response head from an app: a status line, then field lines; no bare CR
+# or LF and no control byte anywhere, so nothing can end the head early or add a line.
+RESPONSE_HEAD = re.compile(
+    rb"[1-5][0-9][0-9] [^\x00-\x08\x0a-\x1f\x7f]*+\r\n"
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[ \t]*+[^\x00-\x08\x0a-\x1f\x7f]*+\r\n)*+")
 
 
 class ClientConnection(Protocol):
     """What a request needs of the client connection it came on."""
 
     writing_paused: bool
+    server_header: bytes
 
     def write(self, data: bytes) -> None: ...
     def pause_reading(self, reason: str) -> None: ...
     def resume_reading(self, reason: str) -> None: ...
     def request_finished(self, request: Request) -> None: ...
+    def start_tunnel(self, app: asyncio.Transport) -> Tunnel | None: ...
 
 
 class Request:
-    __slots__ = ("body_done", "buffered", "bytes_sent", "channel", "chunked", "conn", "done",
-                 "expect_continue", "frames", "group", "head_only", "http10", "keep_alive",
-                 "out", "process", "released", "remaining", "response_started", "started",
-                 "status")
+    __slots__ = ("body_done", "buffered", "bytes_sent", "channel", "chunked", "conn",
+                 "done", "drop_body", "expect_continue", "frames", "group", "head_only",
+                 "http10", "keep_alive", "out", "process", "released", "remaining",
+                 "response_started", "started", "status", "upgrade")
 
     def __init__(self, conn: ClientConnection, frames: list[bytes], head_only: bool,
                  keep_alive: bool, http10: bool, group: Group | None,
-                 expect_continue: bool = False) -> None:
+                 expect_continue: bool = False, upgrade: bool = False) -> None:
         self.conn = conn
         self.frames = frames            # request frames not yet sent to the app
         self.buffered = 0               # bytes of body in `frames`
@@ -58,6 +67,8 @@ class Request:
         self.group = group
         self.body_done = False
         self.chunked = False
+        self.drop_body = False          # HEAD, 1xx, 204, 304: the app's body is not sent
+        self.upgrade = upgrade          # a tunnel if the app switches protocols
         self.response_started = False
         self.done = False
         self.released = False           # the channel went back to its process
@@ -115,7 +126,7 @@ class Request:
         self.release_channel()
         self.keep_alive = False
         response = error_response(status, page or simple_page(status, reason), close=True,
-                                  head_only=self.head_only)
+                                  head_only=self.head_only, server=self.conn.server_header)
         self.status = status
         self.bytes_sent = len(response) - response.index(b"\r\n\r\n") - 4
         self.conn.write(response)
@@ -148,34 +159,53 @@ class Request:
 
     # -- from the app channel ------------------------------------------------------
 
-    def on_response_head(self, content_length: int, head: bytes) -> None:
+    def on_response_head(self, content_length: int, flags: int, head: bytes) -> None:
+        if self.done:
+            return  # answered already (the client left, or the head was invalid)
+        if RESPONSE_HEAD.fullmatch(head) is None:
+            self._invalid_response(f"an invalid response head {head[:200]!r}")
+            return
+        status = int(head[:3])
+        if status < 200 and not (status == 101 and self.upgrade):
+            self._invalid_response(f"the interim status {status} as its response")
+            return
         self.response_started = True
-        try:
-            status = int(head[:3])
-        except ValueError:
-            status = 200
         self.status = status
         extra = b""
-        no_body = self.head_only or status in NO_BODY_STATUSES or status < 200
-        if content_length >= 0:
+        if status < 200 or status == 204 or status == 304:
+            self.drop_body = True  # RFC 9110: never a body, nor a length for one
+        elif content_length >= 0:  # the app's own length (for HEAD: only if it gave one)
             extra = b"Content-Length: %d\r\n" % content_length
-            self.remaining = 0 if no_body else content_length
-        elif no_body:
-            pass
+            self.remaining = content_length
+            self.drop_body = self.head_only
+        elif self.head_only:
+            self.drop_body = True
         elif self.http10:
             self.keep_alive = False
         else:
             self.chunked = True
             extra = b"Transfer-Encoding: chunked\r\n"
-        if not self.keep_alive:
+        if status == 101:
+            pass  # the app's Connection: upgrade stands
+        elif not self.keep_alive:
             extra += b"Connection: close\r\n"
         elif self.http10:
             extra += b"Connection: keep-alive\r\n"
-        if b"\nDate:" not in head:
+        if not flags & proto.HAS_DATE:
             extra += b"Date: " + http_date() + b"\r\n"
+        if not flags & proto.HAS_SERVER:
+            extra += self.conn.server_header
         self.out.append(b"HTTP/1.1 " + head + extra + b"\r\n")
 
+    def _invalid_response(self, what: str) -> None:
+        process = self.process.pid if self.process is not None else "?"
+        app = self.group.name if self.group is not None else "the app"
+        log.warning("App process %s (%s) sent %s; answering 502", process, app, what)
+        self.fail(502, "The application sent an invalid response")
+
     def on_response_body(self, data: bytes) -> None:
+        if self.drop_body or self.done:
+            return
         if self.remaining >= 0:  # never more than the app's own Content-Length
             if len(data) > self.remaining:
                 data = data[:self.remaining]
@@ -186,10 +216,19 @@ class Request:
         self.bytes_sent += len(data)
         self.out.append(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
 
+    def on_upgrade(self, app: asyncio.Transport) -> Tunnel | None:
+        """The app switched protocols (101): the connection becomes a tunnel."""
+        self.flush()
+        tunnel = self.conn.start_tunnel(app)
+        self._finish()
+        return tunnel
+
     def on_response_end(self) -> None:
+        if self.done:
+            return
         if self.chunked:
             self.out.append(b"0\r\n\r\n")
-        if self.remaining > 0:
+        if self.remaining > 0 and not self.drop_body:
             self.keep_alive = False  # shorter than announced: only a close tells the client
         self.flush()
         self.release_channel()
@@ -202,6 +241,8 @@ class Request:
             self.out.clear()
 
     def on_response_abort(self, reason: str, status: int = 502) -> None:
+        if self.done:
+            return
         log.warning("Request to %s failed: %s", self.group.name if self.group else "app",
                     reason)
         self.release_channel()

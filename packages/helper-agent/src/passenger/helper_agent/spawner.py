@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from passenger.common import app_protocol
+from passenger.common import SERVER_SOFTWARE, app_protocol
 from passenger.common.config import ServerConfig
 from passenger.common.exit_status import describe_exit
 from passenger.common.log_records import LogLineWriter, app_output_line
@@ -203,7 +203,8 @@ class Spawner:
         try:
             pid = await preloader.fork(
                 {"title": WSGI_APP_PREFIX + self.config.app_root,
-                 "socket_path": socket_path,
+                 "socket_path": socket_path, "app_root": self.config.app_root,
+                 "server_software": SERVER_SOFTWARE,
                  "concurrency": self.config.concurrency},
                 [lifeline_r, output_w, feedback_w])
         except PreloaderError as exc:
@@ -298,7 +299,7 @@ class Spawner:
                 "title": title, "feedback_fd": feedback_w,
                 "socket_path": self._socket_path(),
                 "app_root": self.config.app_root, "startup_file": self.config.startup_file,
-                "protocol_path": protocol_path,
+                "protocol_path": protocol_path, "server_software": SERVER_SOFTWARE,
                 "concurrency": self.config.concurrency, **extra}))
             popen.stdin.flush()
         return popen, feedback_r, output

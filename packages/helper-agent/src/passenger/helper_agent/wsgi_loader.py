@@ -6,24 +6,29 @@ here by path (its location comes in the startup document).
 
 Life cycle: read one JSON startup document from stdin; load the app; listen on the Unix
 socket named in the document; report {"status": "ready"} (or an error with the traceback)
-on the feedback fd; serve one request at a time. EOF on stdin means the helper agent is
-gone or wants us to stop: we exit, after the request in progress if there is one.
+on the feedback fd; serve one request at a time on each connection the helper agent
+opens (one connection, or --thread-count of them, each served by its own thread). EOF on
+stdin means the helper agent is gone or wants us to stop: we exit, after the requests in
+progress.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import gc
 import importlib.util
 import json
 import os
+import re
 import socket
+import stat
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "transfer-encoding", "te", "trailer",
                         "upgrade", "proxy-authenticate", "proxy-authorization"))
@@ -96,6 +101,10 @@ class ChannelLost(Exception):
     the app's fault, so not reported as an app error."""
 
 
+class InvalidResponse(Exception):
+    """The app's status or headers cannot be sent as they are: a 500 instead."""
+
+
 def send(conn: socket.socket, data: bytes) -> None:
     try:
         conn.sendall(data)
@@ -104,28 +113,41 @@ def send(conn: socket.socket, data: bytes) -> None:
 
 
 class BodyReader:
-    """`wsgi.input`: reads the chunk frames of one request body, and signals EOF."""
+    """`wsgi.input`: reads the chunk frames of one request body, and signals EOF. If the
+    client goes away mid-body (the helper agent closes our connection), it just ends
+    early, as a socket would: frameworks see a short body, not an exception of ours."""
 
     def __init__(self, rfile: Any, proto: ModuleType) -> None:
         self.rfile = rfile
         self.proto = proto
         self.buffer = b""
         self.done = False
+        self.lost = False  # the body ended early: the connection is gone
 
     def _fill(self) -> bool:
         if self.done:
             return False
-        n = self.proto.LENGTH.unpack(self._exact(4))[0]
+        head = self._exact(4)
+        if head is None:
+            return False
+        n = self.proto.LENGTH.unpack(head)[0]
         if n == 0:
             self.done = True
             return False
-        self.buffer += self._exact(n)
+        data = self._exact(n)
+        if data is None:
+            return False
+        self.buffer += data
         return True
 
-    def _exact(self, n: int) -> bytes:
-        data = self.rfile.read(n)
+    def _exact(self, n: int) -> bytes | None:
+        try:
+            data = self.rfile.read(n)
+        except OSError:
+            data = b""
         if len(data) != n:
-            raise ChannelLost("the helper agent closed the connection mid-request")
+            self.done = self.lost = True
+            return None
         return data
 
     def read(self, size: int | None = -1) -> bytes:
@@ -160,12 +182,96 @@ class BodyReader:
             self.buffer = b""
 
 
+class FileWrapper:
+    """`wsgi.file_wrapper`: a file body the loader sends with sendfile(2) when it is a
+    regular file, and by iteration otherwise."""
+
+    def __init__(self, filelike: Any, blksize: int = 65536) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> Any:
+        read = self.filelike.read
+        while True:
+            data = read(self.blksize)
+            if not data:
+                return
+            yield data
+
+
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+STATUS = re.compile(r"[2-5][0-9][0-9] [^\x00-\x08\x0a-\x1f\x7f]*")
+BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+MAX_KNOWN_GOOD = 4096
+FILE_FRAME = 64 << 20  # bytes of a file sent in one frame
+
+
+class ResponseHead:
+    """The app's status and headers, checked before anything is sent: a header that
+    could split the response, or a status that is not one, gets a 500 instead."""
+
+    known_good: ClassVar[set[Any]] = set()  # (name, value) pairs seen valid before
+
+    def __init__(self, status: str, headers: list[tuple[str, str]]) -> None:
+        self.status = status
+        self.kept: list[tuple[str, str]] = []
+        self.content_length = -1  # the app's own, or -1
+        self.flags = 0
+        if status.__class__ is not str or STATUS.fullmatch(status) is None:
+            raise InvalidResponse(f"invalid status line {status!r} (want '200 OK')")
+        good = self.known_good
+        for item in headers:
+            try:
+                known = item in good
+            except TypeError:  # a list, not a tuple
+                known = False
+            name, value = item
+            if not known:
+                self._check(name, value)
+                if len(good) < MAX_KNOWN_GOOD and item.__class__ is tuple:
+                    good.add(item)
+            lname = name.lower()
+            if lname == "content-length":
+                self.content_length = int(value)
+            elif lname in HOP_BY_HOP:
+                continue
+            elif lname == "date":
+                self.flags |= 1  # app_protocol.HAS_DATE
+            elif lname == "server":
+                self.flags |= 2  # app_protocol.HAS_SERVER
+            self.kept.append((name, value))
+
+    def _check(self, name: Any, value: Any) -> None:
+        if name.__class__ is not str or HEADER_NAME.fullmatch(name) is None:
+            raise InvalidResponse(f"invalid response header name {name!r}")
+        if value.__class__ is not str:
+            raise InvalidResponse(f"the value of the response header {name!r} is a "
+                                  f"{type(value).__name__}, not a str")
+        if BAD_VALUE_CHARS.search(value):
+            raise InvalidResponse(f"the value of the response header {name!r} contains "
+                                  f"CR, LF, NUL or another control character")
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise InvalidResponse(f"the value of the response header {name!r} has "
+                                  f"characters beyond latin-1") from None
+        if name.lower() == "content-length" and not value.isdigit():
+            raise InvalidResponse(f"invalid Content-Length {value!r}")
+
+    def encode(self, proto: ModuleType, content_length: int) -> bytes:
+        return proto.encode_response_head(content_length, self.status, self.kept,
+                                          self.flags)
+
+
 class RequestHandler:
     def __init__(self, app: Callable[..., Iterable[bytes]], proto: ModuleType,
-                 base_environ: dict[str, Any]) -> None:
+                 base_environ: dict[str, Any], app_root: str) -> None:
         self.app = app
         self.proto = proto
         self.base_environ = base_environ
+        self.app_root = app_root
 
     def serve_connection(self, conn: socket.socket, lifeline: Lifeline) -> None:
         rfile = conn.makefile("rb", buffering=65536)
@@ -177,10 +283,17 @@ class RequestHandler:
             lifeline.begin_request()
             try:
                 block = rfile.read(length.unpack(head)[0])
-                environ = self.proto.decode_environ(block)
+                try:
+                    environ = self.proto.decode_environ(block)
+                except self.proto.ProtocolError as exc:
+                    print(f"[passenger] {self.app_root}: a request frame does not decode "
+                          f"({exc}); closing the connection", file=sys.stderr)
+                    return
                 body = BodyReader(rfile, self.proto)
                 self.handle(environ, body, conn)
                 body.drain()
+                if body.lost:
+                    return
             finally:
                 lifeline.end_request()
 
@@ -189,15 +302,18 @@ class RequestHandler:
         environ: dict[str, Any] = dict(self.base_environ)
         environ.update(cgi)
         environ["wsgi.input"] = body
-        environ["wsgi.url_scheme"] = "https" if cgi.get("HTTPS") == "on" else "http"
+        if "CONTENT_LENGTH" not in cgi:
+            # Only then: with a length, frameworks bound their reads by it and can tell
+            # a body cut short by a client that went away (werkzeug: 400, no traceback).
+            environ["wsgi.input_terminated"] = True
         is_head = cgi.get("REQUEST_METHOD") == "HEAD"
-        state: dict[str, Any] = {"status": None, "headers": None, "sent": False}
+        state: dict[str, Any] = {"status": None, "headers": None, "head": None}
 
         def start_response(status: str, headers: list[tuple[str, str]],
                            exc_info: Any = None) -> Callable[[bytes], None]:
             if exc_info:
                 try:
-                    if state["sent"]:
+                    if state["head"] is not None:
                         raise exc_info[1].with_traceback(exc_info[2])
                 finally:
                     exc_info = None
@@ -206,19 +322,18 @@ class RequestHandler:
             state["status"], state["headers"] = status, headers
             return write
 
-        def head_bytes(content_length: int) -> bytes:
-            kept = []
-            for name, value in state["headers"]:
-                lname = name.lower()
-                if lname == "content-length":
-                    content_length = int(value)
-                elif lname not in HOP_BY_HOP:
-                    kept.append((name, value))
-            state["sent"] = True
-            return proto.encode_response_head(content_length, state["status"], kept)
+        def response_head() -> ResponseHead:
+            if state["status"] is None:
+                raise RuntimeError("the app returned without calling start_response")
+            head = ResponseHead(state["status"], state["headers"])
+            state["head"] = head
+            return head
 
         def write(data: bytes) -> None:
-            out = b"" if state["sent"] else head_bytes(-1)
+            out = b""
+            if state["head"] is None:
+                head = response_head()
+                out = head.encode(proto, head.content_length)
             if data and not is_head:
                 out += proto.encode_chunk(data)
             if out:
@@ -227,40 +342,96 @@ class RequestHandler:
         result: Any = None
         try:
             result = self.app(environ, start_response)
-            if isinstance(result, (list, tuple)) and not state["sent"] and state["status"]:
-                # The whole body is known: one write, with its length.
-                data = b"".join(result)
-                out = head_bytes(len(data))
-                if data and not is_head:
-                    out += proto.encode_chunk(data)
-                send(conn, out + proto.END)
-                return
+            if state["head"] is None and state["status"] is not None:
+                if isinstance(result, (list, tuple)):
+                    # The whole body is known: one write, with its length.
+                    head = response_head()
+                    data = b"".join(result)
+                    length = head.content_length
+                    if length < 0 and not is_head:  # HEAD: never a length we invent
+                        length = len(data)
+                    out = head.encode(proto, length)
+                    if data and not is_head:
+                        out += proto.encode_chunk(data)
+                    send(conn, out + proto.END)
+                    return
+                if result.__class__ is FileWrapper and self._send_file(
+                        result, response_head(), conn, is_head):
+                    return
             for chunk in result:
                 if chunk:
                     write(chunk)
-            if not state["sent"]:
-                if state["status"] is None:
-                    raise RuntimeError("the app returned without calling start_response")
-                send(conn, head_bytes(0))
+            if state["head"] is None:
+                head = response_head()
+                send(conn, head.encode(proto, head.content_length if is_head else 0))
             send(conn, proto.END)
         except ChannelLost:
             raise
+        except InvalidResponse as exc:
+            self._fail(conn, state, f"the WSGI application's response is invalid: {exc}",
+                       traceback_too=False)
         except Exception:
-            print("Error: the WSGI application raised an exception:", file=sys.stderr)
-            traceback.print_exc()
-            sys.stderr.flush()
-            if state["sent"]:
-                send(conn, proto.ABORT)
-            else:
-                body_bytes = b"Internal Server Error\n"
-                send(conn, proto.encode_response_head(
-                    len(body_bytes), "500 Internal Server Error",
-                    [("Content-Type", "text/plain")]) + proto.encode_chunk(body_bytes)
-                    + proto.END)
+            self._fail(conn, state, "the WSGI application raised an exception:")
         finally:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
+
+    def _fail(self, conn: socket.socket, state: dict[str, Any], message: str,
+              traceback_too: bool = True) -> None:
+        proto = self.proto
+        print(f"Error in {self.app_root}: {message}"
+              + ("" if traceback_too else "; answering 500 Internal Server Error"),
+              file=sys.stderr)
+        if traceback_too:
+            traceback.print_exc()
+        sys.stderr.flush()
+        if state["head"] is not None:
+            send(conn, proto.ABORT)
+            return
+        body_bytes = b"Internal Server Error\n"
+        send(conn, proto.encode_response_head(
+            len(body_bytes), "500 Internal Server Error",
+            [("Content-Type", "text/plain")]) + proto.encode_chunk(body_bytes) + proto.END)
+
+    def _send_file(self, wrapper: FileWrapper, head: ResponseHead, conn: socket.socket,
+                   is_head: bool) -> bool:
+        """A regular file goes from the page cache to our socket with sendfile(2), in
+        frames of FILE_FRAME bytes; False if it is not one (it is iterated instead)."""
+        try:
+            fd = wrapper.filelike.fileno()
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return False
+            offset = wrapper.filelike.tell()
+            size = max(0, os.fstat(fd).st_size - offset)
+        except (AttributeError, OSError, ValueError):
+            return False
+        length = size if head.content_length < 0 else min(size, head.content_length)
+        announced = head.content_length if head.content_length >= 0 or is_head else size
+        send(conn, head.encode(self.proto, announced))
+        if is_head:
+            send(conn, self.proto.END)
+            return True
+        out = conn.fileno()
+        sent = 0
+        while sent < length:
+            frame = min(length - sent, FILE_FRAME)
+            send(conn, self.proto.LENGTH.pack(frame))
+            done = 0
+            while done < frame:
+                try:
+                    n = os.sendfile(out, fd, offset + sent + done, frame - done)
+                except OSError as exc:
+                    if exc.errno in (errno.EPIPE, errno.ECONNRESET):
+                        raise ChannelLost(str(exc)) from None
+                    n = 0
+                if n == 0:  # the file shrank (or failed): fill the frame, then abort
+                    send(conn, bytes(frame - done) + self.proto.ABORT)
+                    return True
+                done += n
+            sent += frame
+        send(conn, self.proto.END)
+        return True
 
 
 def report(feedback_fd: int, message: dict[str, Any]) -> None:
@@ -302,10 +473,11 @@ def run_worker(doc: dict[str, Any], app: Callable[..., Iterable[bytes]], proto: 
     threaded = int(doc.get("concurrency", 1)) > 1
     base_environ = {
         "wsgi.version": (1, 0), "wsgi.errors": sys.stderr, "wsgi.multithread": threaded,
-        "wsgi.multiprocess": True, "wsgi.run_once": False, "wsgi.input_terminated": True,
-        "SCRIPT_NAME": "",
+        "wsgi.multiprocess": True, "wsgi.run_once": False, "wsgi.url_scheme": "http",
+        "wsgi.file_wrapper": FileWrapper, "SCRIPT_NAME": "",
+        "SERVER_SOFTWARE": doc.get("server_software", "Passenger"),
     }
-    handler = RequestHandler(app, proto, base_environ)
+    handler = RequestHandler(app, proto, base_environ, doc.get("app_root", os.getcwd()))
 
     def serve(conn: socket.socket) -> None:
         try:
