@@ -4,116 +4,19 @@ or kept open (checked by a request that must still be answered on it)."""
 
 from __future__ import annotations
 
-import socket
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from hostile_requests import CASES, GET, Case
+from hostile_requests import CASES, Case
+from raw_http import exchange
 from support import INSTRUMENTED_APP, PassengerServer, running_server
-
-READ_TIMEOUT = 10.0
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[PassengerServer]:
     with running_server(INSTRUMENTED_APP, "--min-instances", "1") as srv:
         yield srv
-
-
-class Reader:
-    """Reads whole HTTP responses off a socket, within a deadline."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.data = b""
-        self.eof = False
-
-    def _more(self, deadline: float) -> None:
-        self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-        try:
-            chunk = self.sock.recv(65536)
-        except ConnectionResetError:
-            chunk = b""
-        if not chunk:
-            self.eof = True
-            raise EOFError
-        self.data += chunk
-
-    def _until(self, marker: bytes, deadline: float) -> bytes:
-        while marker not in self.data:
-            self._more(deadline)
-        head, _, self.data = self.data.partition(marker)
-        return head
-
-    def _exactly(self, size: int, deadline: float) -> bytes:
-        while len(self.data) < size:
-            self._more(deadline)
-        out, self.data = self.data[:size], self.data[size:]
-        return out
-
-    def response(self, deadline: float) -> tuple[int, dict[bytes, bytes], bytes]:
-        head = self._until(b"\r\n\r\n", deadline)
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split(b" ")[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.strip().lower()] = value.strip()
-        if status < 200 or status in (204, 304):
-            return status, headers, b""
-        if b"content-length" in headers:
-            return status, headers, self._exactly(int(headers[b"content-length"]), deadline)
-        if headers.get(b"transfer-encoding") == b"chunked":
-            body = b""
-            while size := int(self._until(b"\r\n", deadline), 16):
-                body += self._exactly(size, deadline)
-                self._exactly(2, deadline)
-            self._exactly(2, deadline)
-            return status, headers, body
-        while not self.eof:  # close-delimited
-            try:
-                self._more(deadline)
-            except EOFError:
-                break
-        body, self.data = self.data, b""
-        return status, headers, body
-
-    def closed(self, deadline: float) -> bool:
-        try:
-            while True:
-                self._more(deadline)
-        except EOFError:
-            return not self.data
-        except TimeoutError:
-            return False
-
-
-def exchange(port: int, case: Case) -> tuple[list[int], bool]:
-    """-> (the statuses the client got, whether the server closed the connection)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT) as sock:
-        try:
-            sock.sendall(case.raw)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # it may have rejected the head before we sent it all
-        if case.eof:
-            sock.shutdown(socket.SHUT_WR)
-        reader = Reader(sock)
-        deadline = time.monotonic() + READ_TIMEOUT
-        statuses = []
-        try:
-            for _ in case.statuses:
-                statuses.append(reader.response(deadline)[0])
-        except (EOFError, TimeoutError):
-            return statuses, reader.eof
-        if case.closes or case.eof:
-            return statuses, reader.closed(deadline)
-        sock.sendall(GET)  # still open: it must answer another request
-        try:
-            return statuses, reader.response(deadline)[0] != 200
-        except (EOFError, TimeoutError):
-            return statuses, True
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

@@ -29,10 +29,10 @@ class Recorder:
         self.complete += 1
 
 
-def parse(pieces: list[bytes], eof: bool = False, limits: Limits = Limits()
+def parse(pieces: list[bytes], eof: bool = False, limits: Limits | None = None
           ) -> tuple[Recorder, HttpError | None]:
     recorder = Recorder()
-    parser = RequestParser(recorder, limits)
+    parser = RequestParser(recorder, limits or Limits())
     try:
         for piece in pieces:
             parser.feed(piece)

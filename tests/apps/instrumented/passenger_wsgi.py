@@ -13,7 +13,8 @@ _hoard = []
 
 def application(environ, start_response):
     path = environ["PATH_INFO"]
-    query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", ""),
+                                                      keep_blank_values=True).items()}
     headers = [("Content-Type", "text/plain")]
     if path == "/sleep":
         time.sleep(float(query.get("s", "0.2")))
@@ -68,7 +69,7 @@ def application(environ, start_response):
     elif path == "/file":  # a file through wsgi.file_wrapper
         wrapper = environ["wsgi.file_wrapper"]
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
-        return wrapper(open(query["path"], "rb"))  # noqa: SIM115 (closed by the server)
+        return wrapper(open(query["path"], "rb"))  # closed by the server, via close()
     elif path == "/upload":  # reads the whole body, then says how much it got
         data = environ["wsgi.input"].read()
         start_response("200 OK", headers)

@@ -112,6 +112,20 @@ Request handling options:
   --graceful-timeout SECONDS       On stop, time in-flight requests may take to finish
                                    before their processes are stopped. Default: 30
 
+HTTP options (the limits have gunicorn's names):
+  --limit-request-line BYTES       Longest request line; longer gets 414 (0: the
+                                   largest, 65536). Default: 8190
+  --limit-request-fields NUMBER    Most header fields in a request; more gets 431
+                                   (0: the largest, 32768). Default: 100
+  --limit-request-field-size BYTES
+                                   Longest header field line; longer gets 431 (0: the
+                                   largest, 65536). Default: 8190
+  --forwarded-allow-ips LIST       Proxies whose X-Forwarded-Proto, X-Forwarded-Ssl and
+                                   Forwarded headers set the URL scheme: addresses or
+                                   networks, comma-separated, or * for all.
+                                   Default: 127.0.0.1,::1
+  --no-server-header               Send no Server header
+
 Every option can also be set as PASSENGER_<OPTION> in the environment (for example
 PASSENGER_MAX_POOL_SIZE=4) or in Passengerfile.json in the app dir ({"max_pool_size": 4});
 the command line wins over the environment, which wins over the file.
@@ -147,6 +161,8 @@ def cli_values(args: dict[str, object]) -> dict[str, object]:
                                  "apps": args.get("--app") or None}
     if args.get("--friendly-error-pages") or args.get("--no-friendly-error-pages"):
         values["friendly_error_pages"] = str(bool(args["--friendly-error-pages"])).lower()
+    if args.get("--no-server-header"):
+        values["server_header"] = False
     for key, value in args.items():
         if key.startswith("--"):
             name = key[2:].replace("-", "_")

@@ -146,8 +146,8 @@ class HttpConnection(asyncio.Protocol):
         self.client_done = True
         try:
             self.parser.feed_eof()
-        except HttpError as exc:
-            self._reject(exc.status, exc.reason)
+        except HttpError as exc:  # mid-request: the client gave up on it
+            self._reject(exc.status, exc.reason, logged_as=CLIENT_CLOSED_REQUEST)
             return True
         if self.requests:
             return True  # keep our side open: the answers are still due
@@ -203,7 +203,9 @@ class HttpConnection(asyncio.Protocol):
         self.transport.resume_reading()
         return self.tunnel
 
-    def _reject(self, status: int, reason: str) -> None:
+    def _reject(self, status: int, reason: str, logged_as: int = 0) -> None:
+        """Answer `status` after the requests before this one, then close. The request
+        whose head or body was bad is logged with `logged_as` (default: `status`)."""
         log.info("Rejected a request from %s: %d %s", self.remote_addr.decode(), status,
                  reason)
         self.parser.stop()  # from now on what the client sends is read and dropped
@@ -211,11 +213,14 @@ class HttpConnection(asyncio.Protocol):
             return
         response = error_response(status, simple_page(status, reason), close=True,
                                   server=self.server_header)
-        self._log_rejection(status, len(response) - response.index(b"\r\n\r\n") - 4)
-        if self.current is not None:
-            self.current.abandon()  # it may already be with an app, with half a body
+        current, self.current = self.current, None
+        if current is not None:
+            current.abandon()  # it may already be with an app, with half a body
+            self._log_access(current, logged_as or status)
+        else:
+            self._log_rejection(status, len(response) - response.index(b"\r\n\r\n") - 4)
         # Earlier pipelined requests are answered first; this error closes after them.
-        unanswered = [r for r in self.requests if r is not self.current]
+        unanswered = [r for r in self.requests if r is not current]
         if unanswered:
             self.requests = collections.deque(unanswered)
             self.closing_error = response
