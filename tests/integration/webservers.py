@@ -9,10 +9,12 @@ is the master: its PID, and its workers' PPID, are known without reading a pid f
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -123,6 +125,13 @@ class Nginx(WebServer):
     def __init__(self, workers: int = 2) -> None:
         super().__init__("nginx", workers)
 
+    def server_block(self) -> str:
+        return f"""\
+    server {{
+        listen 127.0.0.1:{self.port};
+        location / {{ return 200 "nginx\\n"; }}
+    }}"""
+
     def command(self) -> list[str]:
         d = self.dir
         (d / "nginx.conf").write_text(f"""\
@@ -139,13 +148,49 @@ http {{
     fastcgi_temp_path {d}/fastcgi;
     uwsgi_temp_path {d}/uwsgi;
     scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{self.port};
-        location / {{ return 200 "nginx\\n"; }}
-    }}
+{self.server_block()}
 }}
 """)
         return [NGINX, "-p", str(d), "-c", str(d / "nginx.conf")]
+
+
+class TlsProxy(Nginx):
+    """nginx terminating TLS in front of an upstream on 127.0.0.1, configured as real
+    deployments are (Host, X-Forwarded-For, X-Forwarded-Proto); its certificate is
+    self-signed, made here with openssl, for 127.0.0.1."""
+
+    def __init__(self, upstream_port: int) -> None:
+        super().__init__(workers=1)
+        self.upstream_port = upstream_port
+        self.certificate = self.dir / "cert.pem"
+        self.key = self.dir / "key.pem"
+
+    def server_block(self) -> str:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+             "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj",
+             "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-keyout", str(self.key), "-out", str(self.certificate)],
+            check=True, capture_output=True, timeout=30)
+        return f"""\
+    server {{
+        listen 127.0.0.1:{self.port} ssl;
+        ssl_certificate {self.certificate};
+        ssl_certificate_key {self.key};
+        location / {{
+            proxy_pass http://127.0.0.1:{self.upstream_port};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+        }}
+    }}"""
+
+    def client(self) -> http.client.HTTPSConnection:
+        context = ssl.create_default_context(cafile=str(self.certificate))
+        return http.client.HTTPSConnection("127.0.0.1", self.port, context=context,
+                                           timeout=15)
 
 
 class Apache(WebServer):
