@@ -46,8 +46,9 @@ def request_line_of(size: int) -> bytes:
 
 
 def field_of(size: int) -> bytes:
-    """A GET with one header field line of exactly `size` bytes."""
-    return b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"b" * (size - 7) + b"\r\n\r\n"
+    """A GET with one header field of exactly `size` bytes, its CRLF included (as
+    gunicorn counts it)."""
+    return b"GET / HTTP/1.1\r\n" + H + b"X-Big: " + b"b" * (size - 9) + b"\r\n\r\n"
 
 
 def fields(count: int) -> bytes:

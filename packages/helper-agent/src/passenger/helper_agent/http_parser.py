@@ -270,7 +270,7 @@ class RequestParser:
             return
         if self.head_lines > self.fields_limit:
             raise _too_many_fields(self.fields_limit)
-        if size > self.field_limit:
+        if size + 2 > self.field_limit:  # gunicorn counts a field's CRLF
             raise _field_too_large(self.field_limit)
 
     def _parse_head(self, data: bytes, start: int, end: int) -> None:
@@ -294,11 +294,11 @@ class RequestParser:
             fields = FIELD.findall(data, eol + 2, end + 2)
             if len(fields) > self.fields_limit:
                 raise _too_many_fields(self.fields_limit)
-            if end - eol - 2 > self.field_limit:
-                size = self.field_limit
+            if end - eol > self.field_limit:
+                size = self.field_limit - 2  # gunicorn counts a field's CRLF
                 for raw in data[eol + 2:end].split(b"\r\n"):
                     if len(raw) > size:
-                        raise _field_too_large(size)
+                        raise _field_too_large(self.field_limit)
             for name, value in fields:
                 key = cgi_key(name)
                 if key is None:
@@ -334,7 +334,7 @@ class RequestParser:
                 raise self._chunk_line_too_long()
             return len(data)
         buffer += data[pos:eol + 1]
-        if len(buffer) > self._line_limit() + 2:
+        if len(buffer) > self._line_limit():
             raise self._chunk_line_too_long()
         line = bytes(buffer)
         buffer.clear()
@@ -514,6 +514,6 @@ def _too_many_fields(limit: int) -> HttpError:
 
 
 def _field_too_large(limit: int) -> HttpError:
-    return HttpError(431, f"A header field is longer than {limit} bytes "
+    return HttpError(431, f"A header field is longer than {limit} bytes with its CRLF "
                           f"(--limit-request-field-size)")
 
