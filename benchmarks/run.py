@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--with-passenger", action="store_true",
                    help="also run real Passenger 6 (apt-get installs the Debian package "
                         "`passenger` if /usr/bin/passenger is missing)")
+    p.add_argument("--baseline", metavar="GIT_REF",
+                   help="also run ours as it was at this commit (built into a venv of its "
+                        "own), to measure a change before and after in one run")
     p.add_argument("--with-gthread", action="store_true",
                    help="also run gunicorn -k gthread --threads 4")
     p.add_argument("--duration", type=float, default=10.0, help="s per measured wrk run")
@@ -114,8 +117,9 @@ class Factory:
     """Makes fresh server objects, each with its own work dir and environment tag."""
 
     def __init__(self, args: argparse.Namespace, workdir: Path, app_dir: Path,
-                 tag: str) -> None:
+                 tag: str, baseline_bin: Path | None = None) -> None:
         self.args = args
+        self.baseline_bin = baseline_bin
         self.workdir = workdir
         self.app_dir = app_dir
         self.tag = tag
@@ -134,6 +138,8 @@ class Factory:
                   self.args.python)
         if label == OURS:
             return OurServer(*common, bin_dir=self.args.bin_dir)
+        if label.startswith(OURS + "@") and self.baseline_bin is not None:
+            return OurServer(*common, bin_dir=self.baseline_bin)
         if label == GUNICORN:
             return GunicornServer(*common, bin_dir=self.args.bin_dir, worker_args=[])
         if label == GTHREAD:
@@ -145,6 +151,23 @@ class Factory:
 
     def maker(self, label: str) -> Callable[[], Server]:
         return lambda: self.make(label)
+
+
+def build_baseline(ref: str, workdir: Path) -> Path:
+    """A venv with our five packages as they were at git `ref`; -> its bin dir."""
+    print(f"building ours at {ref} for the baseline …", file=sys.stderr, flush=True)
+    tree = workdir / "baseline-src"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "packages"],
+                             check=True, capture_output=True, timeout=120).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True, timeout=120)
+    venv = workdir / "baseline-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    packages = [str(tree / "packages" / name) for name in
+                ("common", "logging-agent", "watchdog", "helper-agent", "cli")]
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", *packages], check=True,
+                   timeout=1200)
+    return venv / "bin"
 
 
 # -- phases --------------------------------------------------------------------------
@@ -237,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.UTC)
     stamp = started.strftime("%Y%m%d-%H%M%S")
     args.results_dir.mkdir(parents=True, exist_ok=True)
-    labels = [OURS, GUNICORN] + ([GTHREAD] if args.with_gthread else []) + \
+    baseline = [f"{OURS}@{args.baseline}"] if args.baseline else []
+    labels = [OURS, *baseline, GUNICORN] + ([GTHREAD] if args.with_gthread else []) + \
         ([PASSENGER] if args.with_passenger else [])
     tag = f"pbench-{os.getpid()}-{int(time.time())}"
     workdir = Path(tempfile.mkdtemp(prefix="pbench.", dir="/tmp"))
@@ -245,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     app_dir.mkdir()
     shutil.copy(HELLO, app_dir / "passenger_wsgi.py")
     script = wrk.write_script(workdir)
-    factory = Factory(args, workdir, app_dir, tag)
+    baseline_bin = build_baseline(args.baseline, workdir) if args.baseline else None
+    factory = Factory(args, workdir, app_dir, tag, baseline_bin)
     given = shlex.join(argv if argv is not None else sys.argv[1:])
     tox_env = os.environ.get("TOX_ENV_NAME")
     command = (f"tox -e {tox_env}" + (f" -- {given}" if given else "") if tox_env

@@ -127,6 +127,18 @@ def test_4_head_of_a_list_response_has_no_invented_length(server: PassengerServe
     assert status == 200 and b"content-length" not in headers and body == b""
 
 
+def test_4_the_apps_own_content_length_is_sent_once(server: PassengerServer) -> None:
+    """Two Content-Length fields would make the response readable two ways (wrk refuses
+    such a response outright)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(get("/sized", b"Connection: close\r\n"))
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.lower().count(b"content-length:") == 1 and body == b"sized\n"
+
+
 @pytest.mark.parametrize("code", ["204 No Content", "304 Not Modified"])
 def test_4_no_length_and_no_body_on_204_and_304(server: PassengerServer, code: str) -> None:
     """Also when the app wrongly returns a body: none of it reaches the client."""

@@ -33,6 +33,9 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 RESPONSE_HEAD = re.compile(
     rb"[1-5][0-9][0-9] [^\x00-\x08\x0a-\x1f\x7f]*+\r\n"
     rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[ \t]*+[^\x00-\x08\x0a-\x1f\x7f]*+\r\n)*+")
+# Framing is ours to set: an app's own would make two (a response the client reads two
+# ways). A 101 keeps its Connection: upgrade.
+FRAMING_FIELD = re.compile(rb"\n(?i:content-length|transfer-encoding|connection)[ \t]*:")
 
 
 class ClientConnection(Protocol):
@@ -168,6 +171,9 @@ class Request:
         status = int(head[:3])
         if status < 200 and not (status == 101 and self.upgrade):
             self._invalid_response(f"the interim status {status} as its response")
+            return
+        if status != 101 and FRAMING_FIELD.search(head) is not None:
+            self._invalid_response(f"a framing header of its own in {head[:200]!r}")
             return
         self.response_started = True
         self.status = status

@@ -205,7 +205,7 @@ HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 STATUS = re.compile(r"[2-5][0-9][0-9] [^\x00-\x08\x0a-\x1f\x7f]*")
 BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 MAX_KNOWN_GOOD = 4096
-FILE_FRAME = 64 << 20  # bytes of a file sent in one frame
+FILE_FRAME = 1 << 20  # bytes of a file sent in one frame (fstat'd before each)
 
 
 class ResponseHead:
@@ -233,11 +233,12 @@ class ResponseHead:
                 if len(good) < MAX_KNOWN_GOOD and item.__class__ is tuple:
                     good.add(item)
             lname = name.lower()
-            if lname == "content-length":
+            if lname == "content-length":  # the helper agent frames the response
                 self.content_length = int(value)
-            elif lname in HOP_BY_HOP:
                 continue
-            elif lname == "date":
+            if lname in HOP_BY_HOP:
+                continue
+            if lname == "date":
                 self.flags |= 1  # app_protocol.HAS_DATE
             elif lname == "server":
                 self.flags |= 2  # app_protocol.HAS_SERVER
@@ -415,7 +416,12 @@ class RequestHandler:
         out = conn.fileno()
         sent = 0
         while sent < length:
-            frame = min(length - sent, FILE_FRAME)
+            # A file that shrank since we began ends the response early (the helper
+            # agent sees fewer bytes than announced and closes the client's connection).
+            available = os.fstat(fd).st_size - offset - sent
+            frame = min(length - sent, FILE_FRAME, available)
+            if frame <= 0:
+                break
             send(conn, self.proto.LENGTH.pack(frame))
             done = 0
             while done < frame:
@@ -425,7 +431,7 @@ class RequestHandler:
                     if exc.errno in (errno.EPIPE, errno.ECONNRESET):
                         raise ChannelLost(str(exc)) from None
                     n = 0
-                if n == 0:  # the file shrank (or failed): fill the frame, then abort
+                if n == 0:  # it shrank (or failed) within this frame: fill it, abort
                     send(conn, bytes(frame - done) + self.proto.ABORT)
                     return True
                 done += n
