@@ -3,18 +3,21 @@
 This module is stdlib-only on purpose: the app-side loader runs with the app's own
 interpreter (which does not have our packages) and loads this file by path.
 
-Every value travels with its length in front of it; no byte is ever a separator, so any
-byte in any value (NUL, CR, LF included) arrives exactly as sent and cannot reach another
-field.
+Any byte in any value (NUL, CR, LF included) arrives exactly as sent and cannot reach
+another field: bodies and heads travel with their lengths in front of them, and the
+environ's items are either sized or, when no item holds a NUL, NUL-ended and counted.
 
 Request, helper agent -> app::
 
-    +--------+---------+---------------------------+-------------------------------+
-    | u32 N  | u32 C   | C x u32: each item's size | the C items, back to back     |
-    +--------+---------+---------------------------+-------------------------------+
-             \\______________ N bytes: the fields block _____________________________/
+    | u32 N | u32 C | N - 4 bytes of items |          the fields block: C items (C even),
+                                                      KEY, VALUE, KEY, VALUE ..., latin-1
+    items, when none holds a NUL:   C with its top bit set (NUL_ENDED), then
+                                    ITEM \\0 ITEM \\0 ...         (each item, then a NUL)
+    items, when one holds a NUL:    C, then C x u32 (each item's size), then the items
+                                    back to back
 
-    The C items (C even) are KEY, VALUE, KEY, VALUE ...: the CGI/WSGI variables, latin-1.
+    Either way no byte of an item is ever read as part of another: NULs end items only
+    when no item holds one, and the reader checks that there are exactly C of them.
     Then the body as chunks  | u32 M | M bytes |  ...  ended by  | u32 0 |
 
 Response, app -> helper agent::
@@ -42,6 +45,8 @@ END = LENGTH.pack(0)
 ABORT_MARK = 0xFFFFFFFF
 ABORT = LENGTH.pack(ABORT_MARK)
 MAX_FIELDS = 1 << 20
+NUL_ENDED = 0x80000000  # in a fields block's count: the items are NUL-ended, not sized
+_FIELDS_HEAD = struct.Struct(">II")  # the frame's length, the count
 HAS_DATE = 1
 HAS_SERVER = 2
 # In the environ of a request to a generic app: tunnel the connection if the app switches
@@ -53,12 +58,29 @@ class ProtocolError(ValueError):
     """A frame that does not decode: truncated, garbled, or inconsistent lengths."""
 
 
+_UINTS: dict[int, struct.Struct] = {}
+
+
+def _uints(n: int) -> struct.Struct:
+    """The struct of `n` big-endian u32 (a fields block's count and lengths)."""
+    table = _UINTS.get(n)
+    if table is None:
+        table = struct.Struct(f">{n}I")
+        if len(_UINTS) < 1024:
+            _UINTS[n] = table
+    return table
+
+
 def encode_fields(items: list[bytes]) -> bytes:
-    """One length-prefixed frame holding `items`, each with its own length."""
+    """One frame holding `items`. Usually (no item holds a NUL) the items are joined
+    with NULs; otherwise each item's length is given up front instead."""
     count = len(items)
-    block = (LENGTH.pack(count) + struct.pack(f">{count}I", *map(len, items))
-             + b"".join(items))
-    return LENGTH.pack(len(block)) + block
+    data = b"\0".join(items) + b"\0" if count else b""
+    if data.count(b"\0") == count:  # the NULs are exactly the terminators
+        return _FIELDS_HEAD.pack(len(data) + 4, count | NUL_ENDED) + data
+    table = _uints(count + 1)
+    data = b"".join(items)
+    return LENGTH.pack(table.size + len(data)) + table.pack(count, *map(len, items)) + data
 
 
 def decode_fields(block: bytes) -> list[str]:
@@ -69,14 +91,27 @@ def decode_fields(block: bytes) -> list[str]:
     if size < 4:
         raise ProtocolError(f"fields block of {size} bytes is shorter than its count")
     count = LENGTH.unpack_from(block)[0]
+    if count & NUL_ENDED:
+        count ^= NUL_ENDED
+        if not count:
+            if size != 4:
+                raise ProtocolError("fields block of no items holds data")
+            return []
+        items = block[4:].decode("latin-1").split("\0")  # one char per byte
+        if items.pop() or len(items) != count:
+            raise ProtocolError(f"fields block: not {count} NUL-ended items")
+        return items
     data_start = 4 + 4 * count
     if count > MAX_FIELDS or data_start > size:
         raise ProtocolError(f"fields block of {size} bytes cannot hold {count} items")
-    lengths = struct.unpack_from(f">{count}I", block, 4)
+    lengths = _uints(count).unpack_from(block, 4)
     if sum(lengths) != size - data_start:
         raise ProtocolError(f"fields block: items of {sum(lengths)} bytes in "
                             f"{size - data_start}")
-    text = block[data_start:].decode("latin-1")  # one char per byte: offsets carry over
+    text = block[data_start:].decode("latin-1")
+    if "\0" not in text:
+        raise ProtocolError("fields block: sized items without a NUL (they are sent "
+                            "NUL-ended)")
     items = []
     pos = 0
     for n in lengths:
@@ -86,11 +121,18 @@ def decode_fields(block: bytes) -> list[str]:
 
 
 def decode_environ(block: bytes) -> dict[str, str]:
+    """KEY, VALUE ... items as a dict; the NUL-ended case inline (once per request)."""
+    count = LENGTH.unpack_from(block)[0] if len(block) >= 4 else 0
+    if count & NUL_ENDED and count % 2 == 0:
+        items = block[4:].decode("latin-1").split("\0")
+        if items.pop() == "" and len(items) == count ^ NUL_ENDED:
+            it = iter(items)
+            return dict(zip(it, it, strict=False))  # an even count, checked
     items = decode_fields(block)
     if len(items) % 2:
         raise ProtocolError(f"environ block holds an odd number of items ({len(items)})")
     it = iter(items)
-    return dict(zip(it, it, strict=True))
+    return dict(zip(it, it, strict=False))  # an even count, checked
 
 
 def encode_chunk(data: bytes) -> bytes:

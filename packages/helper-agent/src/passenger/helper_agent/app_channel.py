@@ -107,52 +107,55 @@ class AppChannel(ReadPausing, asyncio.Protocol):
             self.buffer += data
             data = bytes(self.buffer)
             self.buffer.clear()
+        sink = self.sink
         pos = 0
         size = len(data)
-        while pos < size:
-            if self.frame_remaining:
-                take = min(self.frame_remaining, size - pos)
-                self.frame_remaining -= take
-                if self.sink is not None:
-                    self.sink.on_response_body(
-                        data if take == size else data[pos:pos + take])
-                pos += take
-                continue
-            if size - pos < 4:
-                break
-            n = LENGTH.unpack_from(data, pos)[0]
-            if n == proto.ABORT_MARK:
-                pos += 4
-                self._finish(abort="the application failed while sending its response")
-                continue
-            if self.sink is None:
-                log.warning("App process sent data with no request in progress; closing")
-                self.close()
+        if self.frame_remaining:  # the rest of a body frame: as it comes
+            pos = min(self.frame_remaining, size)
+            self.frame_remaining -= pos
+            if sink is not None:
+                sink.on_response_body(data if pos == size else data[:pos])
+        elif not self.head_seen and sink is not None:  # a response head, read whole
+            if size < 4:
+                self.buffer += data
                 return
-            if self.head_seen:
-                pos += 4
-                if n:
-                    self.frame_remaining = n
-                else:
-                    self._finish()
-                continue
-            if n > MAX_RESPONSE_HEAD:
+            n = LENGTH.unpack_from(data)[0]
+            if n == proto.ABORT_MARK or n > MAX_RESPONSE_HEAD:
                 self._broken(f"a response head of {n} bytes")
                 return
-            if size - pos - 4 < n:
-                break  # the head is read whole
+            if size < 4 + n:
+                self.buffer += data
+                return
             self.head_seen = True
             try:
-                length, flags, head = proto.decode_response_head(data[pos + 4:pos + 4 + n])
+                length, flags, head = proto.decode_response_head(data[4:4 + n])
             except proto.ProtocolError as exc:
                 self._broken(str(exc))
                 return
-            pos += 4 + n
-            self.sink.on_response_head(length, flags, head)
+            pos = 4 + n
+            sink.on_response_head(length, flags, head)
+        while size - pos >= 4:  # body frames, the end, or an abort
+            n = LENGTH.unpack_from(data, pos)[0]
+            pos += 4
+            if n == 0:
+                self._finish()
+                sink = None
+            elif n == proto.ABORT_MARK:
+                self._finish(abort="the application failed while sending its response")
+                sink = None
+            elif sink is None:
+                log.warning("App process sent data with no request in progress; closing")
+                self.close()
+                return
+            else:
+                take = min(n, size - pos)
+                self.frame_remaining = n - take
+                sink.on_response_body(data[pos:pos + take])
+                pos += take
         if pos < size:
             self.buffer += data[pos:]
-        if self.sink is not None:
-            self.sink.flush()
+        if sink is not None:
+            sink.flush()
 
     def _broken(self, what: str) -> None:
         """The app broke the frame protocol: this connection cannot be trusted again."""

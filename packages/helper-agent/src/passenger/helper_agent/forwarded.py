@@ -18,6 +18,7 @@ from passenger.helper_agent.http_parser import HttpError
 SECURE_VALUES = ((b"HTTP_X_FORWARDED_PROTO", b"https"),
                  (b"HTTP_X_FORWARDED_PROTOCOL", b"ssl"),
                  (b"HTTP_X_FORWARDED_SSL", b"on"))
+SCHEME_HEADERS = frozenset([key for key, _ in SECURE_VALUES] + [b"HTTP_FORWARDED"])
 
 class TrustedProxies:
     def __init__(self, spec: str) -> None:

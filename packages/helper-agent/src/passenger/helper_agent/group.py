@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 SPAWN_RETRY_FIRST = 0.5
 SPAWN_RETRY_MAX = 30.0
 STOP_KILL_AFTER = 5.0  # after SIGTERM
+ENABLED = ProcessState.ENABLED
 
 
 class PendingRequest(Protocol):
@@ -54,6 +55,8 @@ class Group:
             f"{config.app_root} ({route.base_uri})"
         self.config = config
         self.route_rule = route
+        # what the app sees in SCRIPT_NAME: its base URI, b"" at the root
+        self.script_name = route.base_uri.rstrip("/").encode("latin-1")
         self.app_root = config.app_root
         self.pool = pool
         self.processes: list[AppProcess] = []
@@ -83,9 +86,10 @@ class Group:
                 log.info("%s; restarting %s", reason, self.name)
                 self.restart()
         best: AppProcess | None = None
-        for p in self.processes:
-            if p.accepts_requests and (best is None or (p.sessions, p.last_used)
-                                       < (best.sessions, best.last_used)):
+        for p in self.processes:  # the fewest sessions; of those, the least recently used
+            if p.state is ENABLED and p.sessions < p.concurrency and (
+                    best is None or p.sessions < best.sessions
+                    or (p.sessions == best.sessions and p.last_used < best.last_used)):
                 best = p
         if best is not None:
             self._assign(best, request)
@@ -345,20 +349,23 @@ class Group:
     def capacity_used(self) -> int:
         return len(self.active()) + self.spawning
 
-    def wants_process(self) -> bool:
+    def wants_process(self, active: list[AppProcess] | None = None) -> bool:
         """Whether this group needs another process (limits aside)."""
         if self.stopping:
             return False
-        active = self.active()
+        if active is None:
+            active = self.active()
         if any(p.retiring for p in active):
             return True
         if len(active) < self.config.min_instances:
             return True
         return bool(self.queue) and not any(p.accepts_requests for p in active)
 
-    def may_spawn(self) -> bool:
+    def may_spawn(self, active: list[AppProcess] | None = None) -> bool:
         limit = self.config.max_instances_per_app
-        retiring = sum(1 for p in self.active() if p.retiring)
+        if active is None:
+            active = self.active()
+        retiring = sum(1 for p in active if p.retiring)
         if limit and self.capacity_used() - retiring >= limit:
             return False
         if retiring:  # a successor may go over the pool size: its predecessor will leave
@@ -372,7 +379,8 @@ class Group:
     def maybe_spawn(self) -> None:
         if self.spawn_task is not None or self.stopping:
             return  # the cheap answer, on the path of every request when the pool is busy
-        if self.wants_process() and self.may_spawn():
+        active = self.active()
+        if self.wants_process(active) and self.may_spawn(active):
             self.spawning += 1  # the room is taken now, before the task first runs
             self.spawn_task = asyncio.get_running_loop().create_task(self._spawn_loop())
 

@@ -56,6 +56,8 @@ def http_request_head(environ: dict[str, str]) -> tuple[bytes, bool]:
     chunked = "HTTP_TRANSFER_ENCODING" in environ and "CONTENT_LENGTH" not in environ
     if chunked:
         lines.append("Transfer-Encoding: chunked")
+    if "HTTP_HOST" not in environ:  # an HTTP/1.0 client's request: 1.1 needs a Host
+        lines.append(f"Host: {environ.get('SERVER_NAME', 'localhost')}")
     if proto.UPGRADE_KEY in environ:
         lines += ["Connection: Upgrade", f"Upgrade: {environ.get('HTTP_UPGRADE', '')}"]
     forwarded_for = environ.get("HTTP_X_FORWARDED_FOR")

@@ -23,7 +23,7 @@ from passenger.common import app_protocol as proto
 from passenger.common.config import ServerConfig
 from passenger.common.log_records import LogLineWriter
 from passenger.helper_agent.error_pages import error_response, simple_page
-from passenger.helper_agent.forwarded import TrustedProxies, forwarded_scheme
+from passenger.helper_agent.forwarded import SCHEME_HEADERS, TrustedProxies, forwarded_scheme
 from passenger.helper_agent.http_parser import (
     HttpError,
     Limits,
@@ -81,6 +81,8 @@ class FrontEnd:
         self.proxies = TrustedProxies(config.forwarded_allow_ips)
         self.server_header = (b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
                               if config.server_header else b"")
+        # With one app every request goes to it, whatever its host and path.
+        self.only_group = pool.groups[0] if len(pool.groups) == 1 else None
 
     def connection(self) -> HttpConnection:
         return HttpConnection(self)
@@ -251,35 +253,37 @@ class HttpConnection(asyncio.Protocol):
     # -- parser callbacks ------------------------------------------------------------
 
     def on_head(self, head: RequestHead) -> None:
-        group = self.pool.group_for(head.host, head.path)
+        group = self.front.only_group or self.pool.group_for(head.host, head.path)
         path_info = head.path
         if b"%" in path_info:
             path_info = unquote_to_bytes(path_info)
         script_name = b""
-        if group is not None and len(group.route_rule.base_uri) > 1:
-            script_name = group.route_rule.base_uri.rstrip("/").encode("latin-1")
+        if group is not None and group.script_name:
+            script_name = group.script_name
             path_info = path_info[len(script_name):]
+        headers = head.headers
         env = [b"REQUEST_METHOD", head.method, b"REQUEST_URI", head.target,
                b"SCRIPT_NAME", script_name, b"PATH_INFO", path_info,
                b"QUERY_STRING", head.query, b"SERVER_PROTOCOL", PROTOCOLS[head.version],
                b"SERVER_NAME", self.server_name, b"SERVER_PORT", self.server_port,
                b"REMOTE_ADDR", self.remote_addr, b"REMOTE_PORT", self.remote_port]
-        if self.trusted_proxy and forwarded_scheme(head.headers) == b"https":
+        if self.trusted_proxy and not SCHEME_HEADERS.isdisjoint(headers) \
+                and forwarded_scheme(headers) == b"https":
             env += HTTPS_FIELDS
-        env.extend(chain.from_iterable(head.headers.items()))
-        upgrade = bool(head.upgrade and group is not None and group.config.app_start_command
-                       and not head.has_body)
-        if upgrade:
+        env.extend(chain.from_iterable(headers.items()))
+        has_body = head.has_body
+        upgrade = False
+        if head.upgrade and group is not None and group.config.app_start_command \
+                and not has_body:
+            upgrade = True
             env += UPGRADE_FIELD
             self.parser.hold()  # what follows belongs to the tunnel, if the app agrees
-        frames = [proto.encode_fields(env)]
-        if not head.has_body:
-            frames.append(proto.END)  # head and end in one write to the app
-        request = Request(self, frames, head_only=head.method == b"HEAD",
-                          keep_alive=head.keep_alive and not upgrade,
-                          http10=head.version == b"1.0", group=group,
-                          expect_continue=head.expect_continue, upgrade=upgrade)
-        request.body_done = not head.has_body
+        frames = [proto.encode_fields(env)] if has_body else \
+            [proto.encode_fields(env), proto.END]  # head and end in one write to the app
+        request = Request(self, frames, head.method == b"HEAD",
+                          head.keep_alive and not upgrade, head.version == b"1.0", group,
+                          head.expect_continue, upgrade)
+        request.body_done = not has_body
         self.current = request
         self.requests.append(request)
         if self.access_log is not None:
@@ -310,7 +314,8 @@ class HttpConnection(asyncio.Protocol):
             request.group.route(request)
 
     def request_finished(self, request: Request) -> None:
-        self._log_access(request, request.status)
+        if self.access_log is not None:
+            self._log_access(request, request.status)
         if not self.requests or self.requests[0] is not request:
             return
         self.requests.popleft()
@@ -327,7 +332,7 @@ class HttpConnection(asyncio.Protocol):
             self._close()
         elif self.client_done:
             self._close()
-        if len(self.requests) <= MAX_PIPELINED:
+        if self.read_pauses and len(self.requests) <= MAX_PIPELINED:
             self.resume_reading("pipeline")
 
     def _log_access(self, request: Request, status: int) -> None:

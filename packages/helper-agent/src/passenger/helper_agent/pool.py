@@ -94,7 +94,9 @@ class Pool:
 
     def on_process_idle(self, process: AppProcess) -> None:
         """An idle process is given up when another app is waiting for room."""
-        if not self.waiting or self.has_capacity():
+        if not self.waiting:
+            return  # the usual case, on the path of every request
+        if self.has_capacity():
             self.on_capacity_freed()
             return
         owner = next(g for g in self.groups if process in g.processes)

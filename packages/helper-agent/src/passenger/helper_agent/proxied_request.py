@@ -36,6 +36,9 @@ RESPONSE_HEAD = re.compile(
 # Framing is ours to set: an app's own would make two (a response the client reads two
 # ways). A 101 keeps its Connection: upgrade.
 FRAMING_FIELD = re.compile(rb"\n(?i:content-length|transfer-encoding|connection)[ \t]*:")
+VALID_HEADS: dict[bytes, int] = {}  # heads checked before (an app sends the same ones
+# often) and their statuses
+MAX_VALID_HEADS = 4096
 
 
 class ClientConnection(Protocol):
@@ -165,15 +168,11 @@ class Request:
     def on_response_head(self, content_length: int, flags: int, head: bytes) -> None:
         if self.done:
             return  # answered already (the client left, or the head was invalid)
-        if RESPONSE_HEAD.fullmatch(head) is None:
-            self._invalid_response(f"an invalid response head {head[:200]!r}")
+        status = VALID_HEADS.get(head) or self._check_head(head)
+        if not status:
             return
-        status = int(head[:3])
         if status < 200 and not (status == 101 and self.upgrade):
             self._invalid_response(f"the interim status {status} as its response")
-            return
-        if status != 101 and FRAMING_FIELD.search(head) is not None:
-            self._invalid_response(f"a framing header of its own in {head[:200]!r}")
             return
         self.response_started = True
         self.status = status
@@ -202,6 +201,20 @@ class Request:
         if not flags & proto.HAS_SERVER:
             extra += self.conn.server_header
         self.out.append(b"HTTP/1.1 " + head + extra + b"\r\n")
+
+    def _check_head(self, head: bytes) -> int:
+        """A head not seen before: its shape, and no framing field of its own (the 101
+        of a tunnel keeps its Connection: upgrade). -> its status, or 0 (answered 502)."""
+        if RESPONSE_HEAD.fullmatch(head) is None:
+            self._invalid_response(f"an invalid response head {head[:200]!r}")
+            return 0
+        if not head.startswith(b"101 ") and FRAMING_FIELD.search(head) is not None:
+            self._invalid_response(f"a framing header of its own in {head[:200]!r}")
+            return 0
+        status = int(head[:3])
+        if len(VALID_HEADS) < MAX_VALID_HEADS:
+            VALID_HEADS[head] = status
+        return status
 
     def _invalid_response(self, what: str) -> None:
         process = self.process.pid if self.process is not None else "?"

@@ -208,20 +208,43 @@ MAX_KNOWN_GOOD = 4096
 FILE_FRAME = 1 << 20  # bytes of a file sent in one frame (fstat'd before each)
 
 
+# What the loader does with each response header, by name (cached): keep it, take it as
+# the length (the helper agent frames the response), drop it (hop-by-hop), or keep it and
+# tell the helper agent the app sent its own Date or Server.
+KEEP, LENGTH_FIELD, DROP, DATE, SERVER = range(5)
+FLAGS = {DATE: 1, SERVER: 2}  # app_protocol.HAS_DATE, HAS_SERVER
+
+
+def _name_kind(name: str) -> int:
+    lname = name.lower()
+    if lname == "content-length":
+        return LENGTH_FIELD
+    if lname in HOP_BY_HOP:
+        return DROP
+    return DATE if lname == "date" else SERVER if lname == "server" else KEEP
+
+
 class ResponseHead:
     """The app's status and headers, checked before anything is sent: a header that
     could split the response, or a status that is not one, gets a 500 instead."""
 
+    __slots__ = ("content_length", "flags", "kept", "status")
     known_good: ClassVar[set[Any]] = set()  # (name, value) pairs seen valid before
+    good_statuses: ClassVar[set[str]] = set()
+    kinds: ClassVar[dict[str, int]] = {}
 
     def __init__(self, status: str, headers: list[tuple[str, str]]) -> None:
         self.status = status
         self.kept: list[tuple[str, str]] = []
         self.content_length = -1  # the app's own, or -1
         self.flags = 0
-        if status.__class__ is not str or STATUS.fullmatch(status) is None:
-            raise InvalidResponse(f"invalid status line {status!r} (want '200 OK')")
+        if status not in self.good_statuses:
+            if status.__class__ is not str or STATUS.fullmatch(status) is None:
+                raise InvalidResponse(f"invalid status line {status!r} (want '200 OK')")
+            if len(self.good_statuses) < MAX_KNOWN_GOOD:
+                self.good_statuses.add(status)
         good = self.known_good
+        kinds = self.kinds
         for item in headers:
             try:
                 known = item in good
@@ -232,17 +255,18 @@ class ResponseHead:
                 self._check(name, value)
                 if len(good) < MAX_KNOWN_GOOD and item.__class__ is tuple:
                     good.add(item)
-            lname = name.lower()
-            if lname == "content-length":  # the helper agent frames the response
+            kind = kinds.get(name)
+            if kind is None:
+                kind = _name_kind(name)
+                if len(kinds) < MAX_KNOWN_GOOD:
+                    kinds[name] = kind
+            if kind == KEEP:
+                self.kept.append(item)
+            elif kind == LENGTH_FIELD:
                 self.content_length = int(value)
-                continue
-            if lname in HOP_BY_HOP:
-                continue
-            if lname == "date":
-                self.flags |= 1  # app_protocol.HAS_DATE
-            elif lname == "server":
-                self.flags |= 2  # app_protocol.HAS_SERVER
-            self.kept.append((name, value))
+            elif kind != DROP:
+                self.flags |= FLAGS[kind]
+                self.kept.append(item)
 
     def _check(self, name: Any, value: Any) -> None:
         if name.__class__ is not str or HEADER_NAME.fullmatch(name) is None:
@@ -351,10 +375,11 @@ class RequestHandler:
                     length = head.content_length
                     if length < 0 and not is_head:  # HEAD: never a length we invent
                         length = len(data)
-                    out = head.encode(proto, length)
                     if data and not is_head:
-                        out += proto.encode_chunk(data)
-                    send(conn, out + proto.END)
+                        send(conn, b"".join((head.encode(proto, length),
+                                             proto.LENGTH.pack(len(data)), data, proto.END)))
+                    else:
+                        send(conn, head.encode(proto, length) + proto.END)
                     return
                 if result.__class__ is FileWrapper and self._send_file(
                         result, response_head(), conn, is_head):
