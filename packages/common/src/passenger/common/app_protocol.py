@@ -41,6 +41,7 @@ import struct
 LENGTH = struct.Struct(">I")
 CONTENT_LENGTH = struct.Struct(">q")
 RESPONSE_PREFIX = struct.Struct(">qB")  # content length, flags
+_RESPONSE_HEAD_FRAME = struct.Struct(">IqB")  # the frame's length, then RESPONSE_PREFIX
 END = LENGTH.pack(0)
 ABORT_MARK = 0xFFFFFFFF
 ABORT = LENGTH.pack(ABORT_MARK)
@@ -139,14 +140,22 @@ def encode_chunk(data: bytes) -> bytes:
     return LENGTH.pack(len(data)) + data
 
 
-def encode_response_head(content_length: int, status: str,
-                         headers: list[tuple[str, str]], flags: int = 0) -> bytes:
+def response_head_text(status: str, headers: list[tuple[str, str]]) -> bytes:
+    """b"200 OK\\r\\nName: value\\r\\n..." (a sender caches it: heads repeat)."""
     lines = [status, "\r\n"]
     for name, value in headers:
         lines += (name, ": ", value, "\r\n")
-    text = "".join(lines).encode("latin-1")
-    return (LENGTH.pack(len(text) + RESPONSE_PREFIX.size)
-            + RESPONSE_PREFIX.pack(content_length, flags) + text)
+    return "".join(lines).encode("latin-1")
+
+
+def frame_response_head(content_length: int, flags: int, text: bytes) -> bytes:
+    return _RESPONSE_HEAD_FRAME.pack(len(text) + RESPONSE_PREFIX.size, content_length,
+                                     flags) + text
+
+
+def encode_response_head(content_length: int, status: str,
+                         headers: list[tuple[str, str]], flags: int = 0) -> bytes:
+    return frame_response_head(content_length, flags, response_head_text(status, headers))
 
 
 def decode_response_head(payload: bytes) -> tuple[int, int, bytes]:

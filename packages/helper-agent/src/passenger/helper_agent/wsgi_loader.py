@@ -204,7 +204,8 @@ class FileWrapper:
 HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 STATUS = re.compile(r"[2-5][0-9][0-9] [^\x00-\x08\x0a-\x1f\x7f]*")
 BAD_VALUE_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-MAX_KNOWN_GOOD = 4096
+MAX_KNOWN_GOOD = 1024  # header pairs, statuses and names remembered as valid
+MAX_CACHED_HEADS = 256  # encoded heads remembered
 FILE_FRAME = 1 << 20  # bytes of a file sent in one frame (fstat'd before each)
 
 
@@ -232,10 +233,11 @@ class ResponseHead:
     known_good: ClassVar[set[Any]] = set()  # (name, value) pairs seen valid before
     good_statuses: ClassVar[set[str]] = set()
     kinds: ClassVar[dict[str, int]] = {}
+    texts: ClassVar[dict[tuple[Any, ...], bytes]] = {}  # (status, *kept) -> head text
 
     def __init__(self, status: str, headers: list[tuple[str, str]]) -> None:
         self.status = status
-        self.kept: list[tuple[str, str]] = []
+        self.kept: list[Any] = []
         self.content_length = -1  # the app's own, or -1
         self.flags = 0
         if status not in self.good_statuses:
@@ -286,8 +288,16 @@ class ResponseHead:
             raise InvalidResponse(f"invalid Content-Length {value!r}")
 
     def encode(self, proto: ModuleType, content_length: int) -> bytes:
-        return proto.encode_response_head(content_length, self.status, self.kept,
-                                          self.flags)
+        key = (self.status, *self.kept)
+        try:
+            text = self.texts.get(key)
+        except TypeError:  # a header given as a list
+            text, key = None, ()
+        if text is None:
+            text = proto.response_head_text(self.status, self.kept)
+            if key and len(self.texts) < MAX_CACHED_HEADS:
+                self.texts[key] = text
+        return proto.frame_response_head(content_length, self.flags, text)
 
 
 class RequestHandler:
