@@ -370,11 +370,14 @@ class Group:
             return False
         if retiring:  # a successor may go over the pool size: its predecessor will leave
             return True
+        pool = self.pool
+        if pool.only_group is self:  # alone in the pool: no one to take room from
+            return len(active) + self.spawning < pool.max_pool_size
         if not self.queue:
             # Only --min-instances wants it: free room goes first to an app whose
             # requests wait with no process, and no other app's process is taken.
-            return self.pool.has_capacity() and not self.pool.starving_groups(self)
-        return self.pool.has_capacity() or self.pool.free_capacity_for(self)
+            return pool.has_capacity() and not pool.starving_groups(self)
+        return pool.has_capacity() or pool.free_capacity_for(self)
 
     def maybe_spawn(self) -> None:
         if self.spawn_task is not None or self.stopping:

@@ -81,8 +81,6 @@ class FrontEnd:
         self.proxies = TrustedProxies(config.forwarded_allow_ips)
         self.server_header = (b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
                               if config.server_header else b"")
-        # With one app every request goes to it, whatever its host and path.
-        self.only_group = pool.groups[0] if len(pool.groups) == 1 else None
 
     def connection(self) -> HttpConnection:
         return HttpConnection(self)
@@ -253,7 +251,8 @@ class HttpConnection(asyncio.Protocol):
     # -- parser callbacks ------------------------------------------------------------
 
     def on_head(self, head: RequestHead) -> None:
-        group = self.front.only_group or self.pool.group_for(head.host, head.path)
+        # With one app every request goes to it, whatever its host and path.
+        group = self.pool.only_group or self.pool.group_for(head.host, head.path)
         path_info = head.path
         if b"%" in path_info:
             path_info = unquote_to_bytes(path_info)

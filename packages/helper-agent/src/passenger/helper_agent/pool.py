@@ -41,6 +41,7 @@ class Pool:
             Group(app_config, route, self,
                   make_spawner=lambda g: Spawner(g.config, apps_dir, log_writer, g))
             for route, app_config in config.app_configs()]
+        self.only_group = self.groups[0] if len(self.groups) == 1 else None
         self.waiting: list[Group] = []  # groups in the top-level queue
         self.upkeep_task: asyncio.Task[None] | None = None
 
