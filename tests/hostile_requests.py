@@ -65,6 +65,8 @@ CASES = [
          (200,), closes=False),
     Case("Connection: close", b"GET / HTTP/1.1\r\n" + H + b"Connection: close\r\n\r\n",
          (200,), closes=True),
+    Case("close wins over keep-alive", b"GET / HTTP/1.0\r\nConnection: keep-alive, close"
+         b"\r\n\r\n", (200,), closes=True),
     Case("empty lines before the request line", b"\r\n\r\n" + GET, (200,), closes=False),
     Case("any token method", b"BREW /pot HTTP/1.1\r\n" + H + b"\r\n", (200,), closes=False),
     Case("method of token symbols", b"-B.L_A~R!G#H /x HTTP/1.1\r\n" + H + b"\r\n", (200,),

@@ -484,10 +484,8 @@ def _interpret(head: RequestHead, headers: dict[bytes, bytes]) -> None:
     none of them)."""
     connection = headers.get(b"HTTP_CONNECTION")
     tokens = (COMMON_TOKENS.get(connection) or _tokens(connection)) if connection else ()
-    if head.version == b"1.1":
-        head.keep_alive = "close" not in tokens
-    else:
-        head.keep_alive = "keep-alive" in tokens
+    head.keep_alive = "close" not in tokens and (
+        head.version == b"1.1" or "keep-alive" in tokens)
     length = headers.get(b"CONTENT_LENGTH")
     coding = headers.get(b"HTTP_TRANSFER_ENCODING")
     if coding is not None:
