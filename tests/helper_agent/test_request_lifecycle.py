@@ -1,7 +1,8 @@
 """A request's channel to its app process, from the client's side: slow readers, early
 answers to uploads, clients that go away, uploads while the app is busy, generic-app
 framing, app errors that look like network errors, and `100 Continue` ordering. One
-process, so a wedged channel would show at once as a hang."""
+process, so a wedged channel would show at once as a hang. Request bodies stream to the
+app here (`--no-request-buffering`): that is where a channel meets a client's upload."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from support import INSTRUMENTED_APP, PassengerServer, running_server, wait_for
 @pytest.fixture(scope="module")
 def server() -> Iterator[PassengerServer]:
     with running_server(INSTRUMENTED_APP, "--min-instances", "1",
-                        "--max-pool-size", "1") as srv:
+                        "--max-pool-size", "1", "--no-request-buffering") as srv:
         yield srv
 
 

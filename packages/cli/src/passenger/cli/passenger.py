@@ -125,6 +125,24 @@ HTTP options (the limits have gunicorn's names):
                                    networks, comma-separated, or * for all.
                                    Default: 127.0.0.1,::1
   --no-server-header               Send no Server header
+  --no-request-buffering           Stream request bodies to the app as they arrive
+                                   (default: read them whole first, in memory up to
+                                   128 KiB, then in a file in the instance directory)
+  --client-max-body-size MB        Largest request body; larger gets 413 (0: no limit).
+                                   Default: 1024
+
+Timeouts and connections (nginx's names and meanings):
+  --client-header-timeout SECONDS  A request head must arrive whole within this, else
+                                   408 and close. Default: 60
+  --client-body-timeout SECONDS    Longest wait between two reads of a request body,
+                                   else 408 and close. Default: 60
+  --send-timeout SECONDS           Longest wait between two writes to a client that
+                                   does not read, else close. Default: 60
+  --keepalive-timeout SECONDS      An idle kept-alive connection is closed after this
+                                   (0: no keep-alive). Default: 75
+  --max-connections NUMBER         Client connections at once; more wait in the
+                                   backlog (0: what the descriptor limit allows).
+                                   Default: 0
 
 Every option can also be set as PASSENGER_<OPTION> in the environment (for example
 PASSENGER_MAX_POOL_SIZE=4) or in Passengerfile.json in the app dir ({"max_pool_size": 4});
@@ -163,6 +181,8 @@ def cli_values(args: dict[str, object]) -> dict[str, object]:
         values["friendly_error_pages"] = str(bool(args["--friendly-error-pages"])).lower()
     if args.get("--no-server-header"):
         values["server_header"] = False
+    if args.get("--no-request-buffering"):
+        values["request_buffering"] = False
     for key, value in args.items():
         if key.startswith("--"):
             name = key[2:].replace("-", "_")

@@ -112,6 +112,22 @@ class ServerConfig:
                                                         "(comma-separated addresses or "
                                                         "networks; * for all)")
     server_header: bool = _option(True, "Send a Server header in responses")
+    client_header_timeout: int = _option(60, "Seconds a request head may take to arrive, "
+                                             "else 408", minimum=1, maximum=86400)
+    client_body_timeout: int = _option(60, "Seconds between two reads of a request body, "
+                                           "else 408", minimum=1, maximum=86400)
+    send_timeout: int = _option(60, "Seconds between two writes to a client that does not "
+                                    "read, else the connection is closed",
+                                minimum=1, maximum=86400)
+    keepalive_timeout: int = _option(75, "Seconds an idle kept-alive connection stays open "
+                                         "(0: no keep-alive)", minimum=0, maximum=86400)
+    max_connections: int = _option(0, "Client connections at once; more wait in the "
+                                      "backlog (0: as many as the descriptor limit allows)",
+                                   minimum=0, maximum=10**7)
+    request_buffering: bool = _option(True, "Read a request body whole (memory, then a "
+                                            "file) before an app process gets it")
+    client_max_body_size: int = _option(1024, "Largest request body in MB, else 413 "
+                                              "(0: no limit)", minimum=0, maximum=10**7)
     graceful_timeout: int = _option(30, "Seconds in-flight requests may take to finish when "
                                         "stopping", minimum=0, maximum=3600)
     log_level: str = _option("info", "Least severe log level written",

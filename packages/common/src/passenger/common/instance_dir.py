@@ -62,6 +62,11 @@ class InstanceDir:
         return self.path / "apps"
 
     @property
+    def buffers_dir(self) -> Path:
+        """Request and response bodies the helper agent holds (unlinked files)."""
+        return self.path / "buffers"
+
+    @property
     def lock_file(self) -> Path:
         return self.path / "lock"
 
@@ -111,6 +116,7 @@ class OwnedInstanceDir(InstanceDir):
         lock_fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         (path / "apps").mkdir(mode=0o700)
+        (path / "buffers").mkdir(mode=0o700)
         (path / "watchdog.pid").write_text(f"{os.getpid()}\n")
         alphabet = string.ascii_letters + string.digits
         props = {

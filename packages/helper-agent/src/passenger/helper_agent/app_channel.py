@@ -26,6 +26,7 @@ class ResponseSink(Protocol):
     def on_response_end(self) -> None: ...
     def on_response_abort(self, reason: str, status: int = 502) -> None: ...
     def on_upgrade(self, app: asyncio.Transport) -> Tunnel | None: ...
+    def on_app_writable(self) -> None: ...
     def flush(self) -> None: ...
 
 
@@ -38,6 +39,8 @@ class Channel(Protocol):
 
     @property
     def available(self) -> bool: ...
+    @property
+    def app_full(self) -> bool: ...
     def start(self, sink: ResponseSink, data: bytes) -> None: ...
     def write(self, data: bytes) -> None: ...
     def discard(self) -> None: ...
@@ -73,6 +76,7 @@ class AppChannel(ReadPausing, asyncio.Protocol):
         self.head_seen = False
         self.discarded = False  # closed on purpose: not a sign the process is broken
         self.broken = False     # the app broke the frame protocol on it
+        self.app_full = False   # our writes wait in the transport: the app reads slowly
         self._on_response_end = on_response_end
         self._on_lost = on_lost
 
@@ -82,6 +86,14 @@ class AppChannel(ReadPausing, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def pause_writing(self) -> None:
+        self.app_full = True
+
+    def resume_writing(self) -> None:
+        self.app_full = False
+        if self.sink is not None:
+            self.sink.on_app_writable()
 
     def start(self, sink: ResponseSink, data: bytes) -> None:
         self.sink = sink

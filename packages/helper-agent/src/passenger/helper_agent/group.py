@@ -115,6 +115,13 @@ class Group:
         if not self.processes and self.spawn_task is None:
             self.pool.wait_for_capacity(self)
 
+    def queue_is_full(self) -> bool:
+        """Whether a request arriving now would be turned away (no process free, the
+        queue at --max-request-queue-size)."""
+        limit = self.config.max_request_queue_size
+        return bool(limit) and len(self.queue) >= limit and not any(
+            p.accepts_requests for p in self.processes)
+
     def _assign(self, process: AppProcess, request: PendingRequest) -> None:
         channel = process.free_channel()
         assert channel is not None, "a process with sessions < concurrency has a free channel"

@@ -87,6 +87,17 @@ class HttpAppChannel(ReadPausing):
         self._connecting = False
         self._response_open = False
         self._retry: list[bytes] | None = None  # a bodyless request's bytes, for one retry
+        self._app_full = False
+
+    @property
+    def app_full(self) -> bool:
+        """Our writes wait: for a connection, or in the transport (the app reads slowly)."""
+        return self._app_full or self.transport is None
+
+    def writing_paused(self, paused: bool) -> None:
+        self._app_full = paused
+        if not paused and self.sink is not None:
+            self.sink.on_app_writable()
 
     # -- the request side (same calls as AppChannel) -----------------------------------
 
@@ -166,6 +177,8 @@ class HttpAppChannel(ReadPausing):
         self._connecting = False
         outgoing, self._outgoing = self._outgoing, []
         transport.write(b"".join(outgoing))
+        if self.sink is not None and not self._app_full:
+            self.sink.on_app_writable()
 
     def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]],
                       content_length: int) -> None:
@@ -284,10 +297,14 @@ class _HttpAppProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.tunnel is not None:
             self.tunnel.app_paused()
+        elif self.channel.protocol is self:
+            self.channel.writing_paused(True)
 
     def resume_writing(self) -> None:
         if self.tunnel is not None:
             self.tunnel.app_resumed()
+        elif self.channel.protocol is self:
+            self.channel.writing_paused(False)
 
     def eof_received(self) -> bool | None:
         return None  # close: a tunnel ends with either side

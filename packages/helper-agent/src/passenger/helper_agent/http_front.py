@@ -1,4 +1,4 @@
-"""The HTTP/1.1 front end: parses client requests (`http_parser`), hands each to the pool,
+"""One client connection: parses its requests (`http_parser`), hands each to the pool,
 and relays the app's response with proper framing (Content-Length or chunked).
 
 Keep-alive and pipelining: requests on one connection are answered strictly in order;
@@ -6,6 +6,12 @@ only the oldest one is routed at a time. Bad input gets a specific 4xx and the c
 is closed; an app that dies mid-request gets its client a 502. A client that half-closes
 its side still gets every answer it asked for. An `Upgrade` request to a generic app
 becomes a tunnel once the app switches protocols.
+
+A slow client costs a descriptor and a buffer, never an app process: a request body is
+read whole before the request is routed (`--no-request-buffering` streams it, with
+backpressure), and what the client has not taken of a response waits in a spool (memory,
+then a file), so the app process is free as soon as the app has finished. Bytes the
+client can take now are never held back, so streams flow as they are produced.
 """
 
 from __future__ import annotations
@@ -18,72 +24,31 @@ from itertools import chain
 from typing import TYPE_CHECKING, cast
 from urllib.parse import unquote_to_bytes
 
-from passenger.common import SERVER_SOFTWARE
 from passenger.common import app_protocol as proto
-from passenger.common.config import ServerConfig
-from passenger.common.log_records import LogLineWriter
+from passenger.helper_agent.access_log import access_line
 from passenger.helper_agent.error_pages import error_response, simple_page
-from passenger.helper_agent.forwarded import SCHEME_HEADERS, TrustedProxies, forwarded_scheme
-from passenger.helper_agent.http_parser import (
-    HttpError,
-    Limits,
-    RequestHead,
-    RequestParser,
-)
-from passenger.helper_agent.proxied_request import Request
+from passenger.helper_agent.forwarded import SCHEME_HEADERS, forwarded_scheme
+from passenger.helper_agent.http_parser import HttpError, RequestHead, RequestParser
+from passenger.helper_agent.proxied_request import CONTINUE, Request
+from passenger.helper_agent.spool import Spool
 from passenger.helper_agent.tunnel import Tunnel
 
 if TYPE_CHECKING:
-    from passenger.helper_agent.pool import Pool
+    from passenger.helper_agent.front_end import FrontEnd
+    from passenger.helper_agent.group import Group
 
 log = logging.getLogger(__name__)
 
 MAX_PIPELINED = 32
 LINGER_SECONDS = 2.0  # after our last byte, read (and drop) what the client still sends
+MAX_RESPONSE_SPOOL = 1 << 30  # per connection; beyond it the app waits for the client
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for the access log: the client went away
+REQUEST_TIMEOUT = 408
 PROTOCOLS = {b"1.0": b"HTTP/1.0", b"1.1": b"HTTP/1.1"}
 HTTPS_FIELDS = (b"wsgi.url_scheme", b"https", b"HTTPS", b"on")
 UPGRADE_FIELD = (proto.UPGRADE_KEY.encode(), b"1")
-
-_clf_cache: list[object] = [0, ""]
-
-
-def clf_time() -> str:
-    """The combined log format's `[27/Nov/2026:17:53:27 +0000]` time, cached per second."""
-    now = int(time.time())
-    if _clf_cache[0] != now:
-        _clf_cache[0] = now
-        _clf_cache[1] = time.strftime("[%d/%b/%Y:%H:%M:%S %z]", time.localtime(now))
-    return _clf_cache[1]  # type: ignore[return-value]
-
-
-def _quoted(value: bytes) -> str:
-    """For the access log: printable ASCII only, so a client cannot forge lines or
-    send terminal escapes to whoever reads the log."""
-    if not value:
-        return "-"
-    text = value.decode("ascii", "backslashreplace")
-    return text.replace('"', '\\"').translate(_CONTROLS)
-
-
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
-
-
-class FrontEnd:
-    """What every client connection shares: the pool, the limits, whom to trust."""
-
-    def __init__(self, pool: Pool, config: ServerConfig,
-                 access_log: LogLineWriter | None = None) -> None:
-        self.pool = pool
-        self.access_log = access_log
-        self.limits = Limits(config.limit_request_line, config.limit_request_fields,
-                             config.limit_request_field_size)
-        self.proxies = TrustedProxies(config.forwarded_allow_ips)
-        self.server_header = (b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
-                              if config.server_header else b"")
-
-    def connection(self) -> HttpConnection:
-        return HttpConnection(self)
+# What the read deadline is for.
+HEADER, BODY, KEEPALIVE = "header", "body", "keepalive"
 
 
 class HttpConnection(asyncio.Protocol):
@@ -97,14 +62,21 @@ class HttpConnection(asyncio.Protocol):
         self.parser = RequestParser(self, front.limits)
         self.request_lines: dict[Request, tuple[bytes, bytes, bytes]] = {}
         self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
         self.requests: collections.deque[Request] = collections.deque()
         self.current: Request | None = None  # the request whose body is arriving
         self.writing_paused = False
         self.read_pauses: set[str] = set()  # why reading from the client is paused
         self.closing_error: bytes | None = None
         self.client_done = False  # the client sent EOF: close after the last answer
+        self.closing = False      # close once the spool has gone out
+        self.spool: Spool | None = None  # response bytes the client has not taken yet
+        self.app_held = False     # the spool is full: the app waits for the client
         self.tunnel: Tunnel | None = None
         self.linger: asyncio.TimerHandle | None = None
+        self.read_deadline = 0.0  # when reading times out (0: not waiting to read)
+        self.read_waits_for = HEADER
+        self.write_deadline = 0.0  # when a client that does not read times out
         self.trusted_proxy = False
         self.server_name = b""
         self.server_port = b""
@@ -115,6 +87,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.front.connection_opened(self)
+        self._wait_to_read(HEADER, self.front.header_timeout)  # nginx: from accept
         sockname = transport.get_extra_info("sockname")
         peer = transport.get_extra_info("peername")
         if isinstance(sockname, tuple):
@@ -132,6 +106,8 @@ class HttpConnection(asyncio.Protocol):
         if self.tunnel is not None:
             self.tunnel.from_client(data)
             return
+        if self.read_waits_for is KEEPALIVE:  # a new request begins
+            self._wait_to_read(HEADER, self.front.header_timeout)
         try:
             self.parser.feed(data)
         except HttpError as exc:
@@ -144,6 +120,7 @@ class HttpConnection(asyncio.Protocol):
         if self.linger is not None:
             return None  # we were waiting for this to close
         self.client_done = True
+        self.read_deadline = 0.0
         try:
             self.parser.feed_eof()
         except HttpError as exc:  # mid-request: the client gave up on it
@@ -155,8 +132,13 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.front.connection_closed(self)
+        self.read_deadline = self.write_deadline = 0.0
         if self.linger is not None:
             self.linger.cancel()
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
         if self.tunnel is not None:
             self.tunnel.client_closed()
         for request in self.requests:
@@ -175,33 +157,96 @@ class HttpConnection(asyncio.Protocol):
         if not self.read_pauses and self.transport is not None:
             self.transport.resume_reading()
 
+    # -- writing: what the client cannot take now waits in the spool ------------------
+
+    def write(self, data: bytes) -> None:
+        if self.spool is None:
+            if not self.writing_paused and self.transport is not None:
+                self.transport.write(data)
+                return
+            self.spool = Spool(self.front.buffer_dir)
+        self.spool.append(data)
+        if len(self.spool) > MAX_RESPONSE_SPOOL and not self.app_held:
+            self._hold_app(True)
+
     def pause_writing(self) -> None:
         self.writing_paused = True
         if self.tunnel is not None:
             self.tunnel.client_paused()
-        elif self.requests and self.requests[0].channel is not None:
-            self.requests[0].channel.pause()
+        else:
+            self.write_deadline = self.loop.time() + self.front.send_timeout
 
     def resume_writing(self) -> None:
         self.writing_paused = False
         if self.tunnel is not None:
             self.tunnel.client_resumed()
-        elif self.requests and self.requests[0].channel is not None:
-            self.requests[0].channel.resume()
+            return
+        self.write_deadline = 0.0
+        spool = self.spool
+        while spool is not None and not self.writing_paused and self.transport is not None:
+            data = spool.read()
+            if not data:
+                spool.close()
+                self.spool = None
+                if self.app_held:
+                    self._hold_app(False)
+                if self.closing:
+                    self._close()
+                return
+            self.transport.write(data)  # may pause writing again at once
+        if self.app_held and spool is not None and len(spool) < MAX_RESPONSE_SPOOL // 2:
+            self._hold_app(False)
 
-    def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+    def _hold_app(self, hold: bool) -> None:
+        """Backpressure to the app, only when the spool is full."""
+        self.app_held = hold
+        channel = self.requests[0].channel if self.requests else None
+        if channel is not None:
+            if hold:
+                channel.pause()
+            else:
+                channel.resume()
 
     def start_tunnel(self, app: asyncio.Transport) -> Tunnel | None:
         """The app switched protocols: from now on bytes flow both ways unparsed."""
         if self.transport is None:
             return None
+        self.read_deadline = self.write_deadline = 0.0  # a tunnel has its own life
         self.tunnel = Tunnel(self.transport, app)
         self.tunnel.from_client(self.parser.take_held())
         self.read_pauses.clear()
         self.transport.resume_reading()
         return self.tunnel
+
+    # -- timeouts (checked by FrontEnd's sweep) --------------------------------------
+
+    def _wait_to_read(self, what: str, timeout: float) -> None:
+        self.read_waits_for = what
+        self.read_deadline = self.loop.time() + timeout
+
+    def read_timed_out(self) -> None:
+        self.read_deadline = 0.0
+        what = self.read_waits_for
+        if what is KEEPALIVE or (what is HEADER and not self.parser.in_message
+                                 and not self.requests):
+            self._close()  # nothing asked: close quietly
+            return
+        timeout = self.front.header_timeout if what is HEADER else self.front.body_timeout
+        option = "--client-header-timeout" if what is HEADER else "--client-body-timeout"
+        log.info("Client %s timed out reading the request %s (%s %g s)",
+                 self.remote_addr.decode(), what, option, timeout)
+        self._reject(REQUEST_TIMEOUT, f"The request {what} did not arrive in time "
+                                      f"({option} {timeout:g} s)")
+
+    def send_timed_out(self) -> None:
+        """The client took nothing for --send-timeout: it is gone, or as good as."""
+        self.write_deadline = 0.0
+        log.info("Client %s timed out reading the response (--send-timeout %g s); "
+                 "closing", self.remote_addr.decode(), self.front.send_timeout)
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- refusing and closing ----------------------------------------------------------
 
     def _reject(self, status: int, reason: str, logged_as: int = 0) -> None:
         """Answer `status` after the requests before this one, then close. The request
@@ -209,6 +254,7 @@ class HttpConnection(asyncio.Protocol):
         log.info("Rejected a request from %s: %d %s", self.remote_addr.decode(), status,
                  reason)
         self.parser.stop()  # from now on what the client sends is read and dropped
+        self.read_deadline = 0.0
         if self.transport is None:
             return
         response = error_response(status, simple_page(status, reason), close=True,
@@ -226,7 +272,7 @@ class HttpConnection(asyncio.Protocol):
             self.closing_error = response
         else:
             self.requests.clear()
-            self.transport.write(response)
+            self.write(response)
             self._close()
 
     def _close(self) -> None:
@@ -239,14 +285,17 @@ class HttpConnection(asyncio.Protocol):
         if transport is None or self.linger is not None:
             return
         self.parser.stop()
+        self.read_deadline = 0.0
+        if self.spool is not None:
+            self.closing = True  # once the client has taken what is spooled
+            return
         if self.client_done or not transport.can_write_eof():
             transport.close()  # nothing more can come from the client
             return
         transport.write_eof()
         self.read_pauses.clear()
         transport.resume_reading()
-        self.linger = asyncio.get_running_loop().call_later(LINGER_SECONDS,
-                                                            transport.close)
+        self.linger = self.loop.call_later(LINGER_SECONDS, transport.close)
 
     # -- parser callbacks ------------------------------------------------------------
 
@@ -277,36 +326,78 @@ class HttpConnection(asyncio.Protocol):
             upgrade = True
             env += UPGRADE_FIELD
             self.parser.hold()  # what follows belongs to the tunnel, if the app agrees
-        frames = [proto.encode_fields(env)] if has_body else \
-            [proto.encode_fields(env), proto.END]  # head and end in one write to the app
-        request = Request(self, frames, head.method == b"HEAD",
-                          head.keep_alive and not upgrade, head.version == b"1.0", group,
-                          head.expect_continue, upgrade)
-        request.body_done = not has_body
+        keep_alive = head.keep_alive and not upgrade and self.front.keepalive
+        if not has_body:
+            request = Request(self, [proto.encode_fields(env), proto.END],
+                              head.method == b"HEAD", keep_alive, head.version == b"1.0",
+                              group, head.expect_continue, upgrade)
+            request.body_done = True
+            self.read_deadline = 0.0  # nothing to read until the answer is out
+        else:
+            request = self._request_with_body(head, env, group, keep_alive)
         self.current = request
         self.requests.append(request)
         if self.access_log is not None:
-            headers = head.headers
             self.request_lines[request] = (
                 head.method + b" " + head.target + b" " + PROTOCOLS[head.version],
                 headers.get(b"HTTP_REFERER", b""), headers.get(b"HTTP_USER_AGENT", b""))
         if len(self.requests) == 1:
-            self._route(request)
+            self._start(request)
         elif len(self.requests) > MAX_PIPELINED:
             self.pause_reading("pipeline")
 
+    def _request_with_body(self, head: RequestHead, env: list[bytes],
+                           group: Group | None, keep_alive: bool) -> Request:
+        front = self.front
+        request = Request(self, [], head.method == b"HEAD", keep_alive,
+                          head.version == b"1.0", group, head.expect_continue)
+        self._wait_to_read(BODY, front.body_timeout)
+        if front.max_body_size and head.content_length > front.max_body_size:
+            raise _too_large(front.max_body_size)
+        if front.request_buffering:
+            request.spool = Spool(front.buffer_dir)
+            request.env = env  # encoded once the body is whole (with its length)
+        else:
+            request.frames.append(proto.encode_fields(env))
+        return request
+
     def on_body(self, data: bytes) -> None:
-        if self.current is not None:
-            self.current.feed_body(data)
+        request = self.current
+        if request is not None:
+            self.read_deadline = self.loop.time() + self.front.body_timeout
+            request.feed_body(data)
+            if request.spool is not None and self.front.max_body_size \
+                    and request.spool.total > self.front.max_body_size:
+                raise _too_large(self.front.max_body_size)
 
     def on_message_complete(self) -> None:
-        if self.current is not None:
-            self.current.end_body()
-        self.current = None
+        request, self.current = self.current, None
+        if request is None:
+            return
+        self.read_deadline = 0.0
+        buffered = request.env is not None
+        request.end_body()
+        if buffered and self.requests and self.requests[0] is request:
+            self._route(request)  # a buffered body is whole: now it may go
 
     # -- request completion ----------------------------------------------------------
 
+    def _start(self, request: Request) -> None:
+        """`request` is the oldest: route it, or (a body still arriving into its buffer)
+        tell its client to go on sending."""
+        if request.env is None or request.body_done:
+            self._route(request)
+            return
+        if request.group is not None and request.group.queue_is_full():
+            self._route(request)  # queue full: the 503 comes now, not after the body
+            return
+        if request.expect_continue and not request.http10:
+            request.expect_continue = False
+            self.write(CONTINUE)
+
     def _route(self, request: Request) -> None:
+        if request.done:
+            return
         if request.group is None:
             request.fail(404, "No application is configured for this host name and URI")
         else:
@@ -325,33 +416,34 @@ class HttpConnection(asyncio.Protocol):
             self._close()
             return
         if self.requests:
-            self._route(self.requests[0])
+            self._start(self.requests[0])
         elif self.closing_error is not None:
-            self.transport.write(self.closing_error)
+            self.write(self.closing_error)
             self._close()
         elif self.client_done:
             self._close()
+        elif self.parser.in_message:
+            self._wait_to_read(HEADER, self.front.header_timeout)
+        else:
+            self._wait_to_read(KEEPALIVE, self.front.keepalive_timeout)
         if self.read_pauses and len(self.requests) <= MAX_PIPELINED:
             self.resume_reading("pipeline")
 
     def _log_access(self, request: Request, status: int) -> None:
-        """Combined log format, then the request's duration in seconds and the PID of the
-        process that served it."""
         if self.access_log is None:
             return
         line, referer, agent = self.request_lines.pop(request, (b"", b"", b""))
         pid = request.process.pid if request.process is not None else "-"
-        self._write_access_line(line, status or 0, request.bytes_sent, referer, agent,
-                                time.monotonic() - request.started, pid)
+        self.access_log.write(access_line(self.remote_addr, line, status or 0,
+                                          request.bytes_sent, referer, agent,
+                                          time.monotonic() - request.started, pid))
 
     def _log_rejection(self, status: int, size: int) -> None:
         if self.access_log is not None:
-            self._write_access_line(b"", status, size, b"", b"", 0.0, "-")
+            self.access_log.write(access_line(self.remote_addr, b"", status, size, b"", b"",
+                                              0.0, "-"))
 
-    def _write_access_line(self, line: bytes, status: int, size: int, referer: bytes,
-                           agent: bytes, seconds: float, pid: object) -> None:
-        assert self.access_log is not None
-        self.access_log.write(
-            f"{self.remote_addr.decode()} - - {clf_time()} \"{_quoted(line)}\" "
-            f"{status or '-'} {size} \"{_quoted(referer)}\" \"{_quoted(agent)}\" "
-            f"{seconds:.6f} {pid}")
+
+def _too_large(limit: int) -> HttpError:
+    return HttpError(413, f"The request body is larger than {limit // (1024 * 1024)} MB "
+                          f"(--client-max-body-size)")

@@ -185,6 +185,13 @@ class RequestParser:
     def stop(self) -> None:
         self.state = DONE
 
+    @property
+    def in_message(self) -> bool:
+        """Whether part of a request has arrived and the rest has not."""
+        if self.state is HEAD_STATE:
+            return bool(self.buffer.strip(b"\r\n"))
+        return self.state is not DONE and self.state is not HELD
+
     # -- the state machine ----------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:

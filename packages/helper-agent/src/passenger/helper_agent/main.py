@@ -22,7 +22,8 @@ from passenger.common.log_records import LogLineHandler, LogLineWriter
 from passenger.common.process_title import HELPER_AGENT, set_title
 from passenger.common.startup_protocol import read_startup_document, report_error, report_ready
 from passenger.helper_agent.admin_api import AdminConnection, admin_routes
-from passenger.helper_agent.http_front import FrontEnd
+from passenger.helper_agent.front_end import FrontEnd, raise_descriptor_limit
+from passenger.helper_agent.http_front import HttpConnection
 from passenger.helper_agent.pool import Pool
 
 log = logging.getLogger("passenger.helper_agent.main")
@@ -58,11 +59,12 @@ class HelperAgent:
             stale.unlink(missing_ok=True)
         if os.geteuid() == 0:  # apps run as other users create their sockets here
             os.chmod(self.instance.apps_dir, 0o1733)
-        listener = socket.socket(fileno=self.listen_fd)
-        front = FrontEnd(pool, self.config, access_log)
-        server = await loop.create_server(front.connection,
-                                          sock=listener,
-                                          backlog=2048)
+        buffers = self.instance.buffers_dir
+        buffers.mkdir(mode=0o700, exist_ok=True)
+        for stale in buffers.iterdir():  # bodies are unlinked files; anything else is old
+            stale.unlink(missing_ok=True)
+        front = FrontEnd(pool, self.config, buffers, access_log)
+        front.serve(socket.socket(fileno=self.listen_fd), lambda: HttpConnection(front))
         admin_path = str(self.instance.admin_socket)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(admin_path)
@@ -83,7 +85,7 @@ class HelperAgent:
 
         await self.stopped.wait()
         log.info("Helper agent shutting down (%s)", self.stop_reason)
-        server.close()
+        front.close()
         admin.close()
         if self.stop_reason == "lifeline":
             log.warning("The watchdog is gone; stopping every app process now")
@@ -153,6 +155,7 @@ def main() -> None:
     agent = HelperAgent(doc)
     agent.configure_logging()
     become_subreaper()
+    raise_descriptor_limit()
     loop = new_event_loop()
     try:
         code = loop.run_until_complete(agent.run())

@@ -20,6 +20,7 @@ from passenger.common import app_protocol as proto
 from passenger.helper_agent.app_channel import Channel
 from passenger.helper_agent.app_process import AppProcess
 from passenger.helper_agent.error_pages import error_response, http_date, simple_page
+from passenger.helper_agent.spool import Spool
 from passenger.helper_agent.tunnel import Tunnel
 
 if TYPE_CHECKING:
@@ -56,9 +57,9 @@ class ClientConnection(Protocol):
 
 class Request:
     __slots__ = ("body_done", "buffered", "bytes_sent", "channel", "chunked", "conn",
-                 "done", "drop_body", "expect_continue", "frames", "group", "head_only",
-                 "http10", "keep_alive", "out", "process", "released", "remaining",
-                 "response_started", "started", "status", "upgrade")
+                 "done", "drop_body", "env", "expect_continue", "frames", "group",
+                 "head_only", "http10", "keep_alive", "out", "process", "released",
+                 "remaining", "response_started", "spool", "started", "status", "upgrade")
 
     def __init__(self, conn: ClientConnection, frames: list[bytes], head_only: bool,
                  keep_alive: bool, http10: bool, group: Group | None,
@@ -85,15 +86,23 @@ class Request:
         self.status = 0
         self.bytes_sent = 0
         self.out: list[bytes] = []      # response bytes not yet written to the client
+        self.env: list[bytes] | None = None  # a buffered request's fields, until its body
+        self.spool: Spool | None = None  # is whole here (request buffering)
 
     # -- request body ---------------------------------------------------------------
 
     def feed_body(self, data: bytes) -> None:
         if self.released or self.done:
             return  # the response is over: the app has been told the body ended
+        if self.spool is not None:
+            self.spool.append(data)  # request buffering: the app gets it whole
+            return
         frame = proto.encode_chunk(data)
-        if self.channel is not None:
-            self.channel.write(frame)
+        channel = self.channel
+        if channel is not None:
+            channel.write(frame)
+            if channel.app_full:
+                self.conn.pause_reading("app")  # the app reads slower than the client sends
             return
         self.frames.append(frame)
         self.buffered += len(frame)
@@ -105,6 +114,19 @@ class Request:
             return
         self.body_done = True
         if self.released or self.done:
+            return
+        spool, env = self.spool, self.env
+        if spool is not None and env is not None:
+            # The body is whole: the app is told its length, whatever the client's framing.
+            _set_field(env, b"CONTENT_LENGTH", b"%d" % spool.total)
+            _drop_field(env, b"HTTP_TRANSFER_ENCODING")
+            self.frames.append(proto.encode_fields(env))
+            self.env = None
+            if spool.file < 0:  # small: it goes in the same write as the head
+                while data := spool.read():
+                    self.frames.append(proto.encode_chunk(data))
+                self.frames.append(proto.END)
+                self.spool = None
             return
         if self.channel is not None:
             self.channel.write(proto.END)
@@ -120,11 +142,27 @@ class Request:
             self.conn.write(CONTINUE)  # now, not before: earlier responses come first
         frames, self.frames = self.frames, []
         channel.start(self, b"".join(frames))
+        if self.spool is not None:
+            self.on_app_writable()  # a body from its file, as fast as the app takes it
         if self.buffered:
             self.buffered = 0
             self.conn.resume_reading("body")
-        if self.conn.writing_paused:
-            channel.pause()
+
+    def on_app_writable(self) -> None:
+        """The app's side has room again: go on sending the buffered body, or reading the
+        client's."""
+        channel, spool = self.channel, self.spool
+        if spool is None or channel is None:
+            self.conn.resume_reading("app")
+            return
+        while not channel.app_full:
+            data = spool.read()
+            if not data:
+                channel.write(proto.END)
+                spool.close()
+                self.spool = None
+                return
+            channel.write(proto.encode_chunk(data))
 
     def fail(self, status: int, reason: str, page: str | None = None) -> None:
         if self.done:
@@ -155,6 +193,7 @@ class Request:
         if self.done:
             return
         self.done = True
+        self._drop_spool()
         if self.channel is not None and not self.released and self.process is not None \
                 and self.group is not None:
             self.released = True
@@ -277,4 +316,26 @@ class Request:
     def _finish(self) -> None:
         if not self.done:
             self.done = True
+            self._drop_spool()
             self.conn.request_finished(self)
+
+    def _drop_spool(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+
+
+def _set_field(env: list[bytes], key: bytes, value: bytes) -> None:
+    """In a KEY, VALUE, ... list (keys at even places only: a value may look like a key)."""
+    for i in range(0, len(env), 2):
+        if env[i] == key:
+            env[i + 1] = value
+            return
+    env += (key, value)
+
+
+def _drop_field(env: list[bytes], key: bytes) -> None:
+    for i in range(0, len(env), 2):
+        if env[i] == key:
+            del env[i:i + 2]
+            return
