@@ -2,6 +2,7 @@
 stream, print, fail, allocate, and answer with the statuses, headers and bodies a test
 asks for."""
 
+import hashlib
 import json
 import os
 import sys
@@ -70,6 +71,18 @@ def application(environ, start_response):
         wrapper = environ["wsgi.file_wrapper"]
         start_response("200 OK", [("Content-Type", "application/octet-stream")])
         return wrapper(open(query["path"], "rb"))  # closed by the server, via close()
+    elif path == "/digest":  # waits, then reads the whole body: its length and SHA-256
+        time.sleep(float(query.get("wait", "0")))
+        digest = hashlib.sha256()
+        size = 0
+        while chunk := environ["wsgi.input"].read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+        start_response("200 OK", headers)
+        return [f"{size} {digest.hexdigest()}\n".encode()]
+    elif path == "/sse":  # server-sent events, one every `every` seconds
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        return _events(int(query.get("n", "5")), float(query.get("every", "0.1")))
     elif path == "/upload":  # reads the whole body, then says how much it got
         data = environ["wsgi.input"].read()
         start_response("200 OK", headers)
@@ -77,6 +90,13 @@ def application(environ, start_response):
     body = f"pid={os.getpid()}\n".encode()
     start_response("200 OK", [*headers, ("X-Pid", str(os.getpid()))])
     return [body]
+
+
+def _events(n, every):
+    for i in range(n):
+        if i:
+            time.sleep(every)
+        yield f"data: {i}\n\n".encode()
 
 
 def _endless():

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import errno
+import gc
 import logging
 import os
 import resource
@@ -42,6 +44,12 @@ SPARE_FDS = 16            # held open, let go when accepting fails for want of d
 ACCEPT_BATCH = 64         # accepts per readiness event
 ACCEPT_RETRY = 1.0        # seconds accepting pauses after EMFILE and the like
 OUT_OF_RESOURCES = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+
+
+try:
+    _libc: ctypes.CDLL | None = ctypes.CDLL("libc.so.6")
+except OSError:  # not glibc: no malloc_trim
+    _libc = None
 
 
 def raise_descriptor_limit() -> int:
@@ -93,6 +101,7 @@ class FrontEnd:
         self.tasks: set[asyncio.Task[None]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connection: Callable[[], HttpConnection] | None = None
+        self.peak_connections = 0  # since memory was last given back
 
     # -- accepting ------------------------------------------------------------------
 
@@ -132,7 +141,7 @@ class FrontEnd:
     def _accept(self) -> None:
         assert self.listener is not None and self.loop is not None
         for _ in range(ACCEPT_BATCH):
-            if len(self.connections) >= self.max_connections:
+            if len(self.connections) + len(self.tasks) >= self.max_connections:
                 self._pause_accepting()  # the rest wait in the backlog
                 return
             try:
@@ -197,6 +206,18 @@ class FrontEnd:
         if not self.accepting and len(self.connections) < self.max_connections:
             self._resume_accepting()
 
+    def _give_memory_back(self) -> None:
+        """After a crowd of connections has gone, hand the freed memory back to the
+        system: free()d heap stays with the process otherwise."""
+        count = len(self.connections)
+        if count > self.peak_connections:
+            self.peak_connections = count
+        elif self.peak_connections >= 2 * count + 256:
+            self.peak_connections = count
+            gc.collect()
+            if _libc is not None:
+                _libc.malloc_trim(0)
+
     def _max_connections(self) -> int:
         """What the descriptor limit allows after the reserve (and --max-connections)."""
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
@@ -225,6 +246,7 @@ class FrontEnd:
                     conn.send_timed_out()
             if now >= next_limits:
                 next_limits = now + 1.0
+                self._give_memory_back()
                 self.max_connections = self._max_connections()
                 if not self.spares and len(self.connections) < self.max_connections:
                     self._hold_spares()

@@ -1,0 +1,258 @@
+"""Slow and hostile clients against a real server with short timeouts: trickled heads,
+stalled uploads, readers that never read, huge uploads, idle keep-alive floods and a
+descriptor limit lowered under load. None of them may hold an app process or grow the
+helper agent's memory; normal requests are served throughout."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from raw_http import Reader
+from support import INSTRUMENTED_APP, PassengerServer, http_request, running_server, wait_for
+
+TIMEOUT = 2  # seconds, for every timeout of the server under test
+TIMEOUTS = ("--client-header-timeout", str(TIMEOUT), "--client-body-timeout", str(TIMEOUT),
+            "--send-timeout", str(TIMEOUT), "--keepalive-timeout", str(TIMEOUT))
+MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[PassengerServer]:
+    with running_server(INSTRUMENTED_APP, "--min-instances", "2", "--max-pool-size", "2",
+                        *TIMEOUTS) as srv:
+        wait_for(lambda: len(srv.app_pids()) == 2, 10, message="two app processes")
+        yield srv
+
+
+def helper_rss(server: PassengerServer) -> int:
+    return int(psutil.Process(server.agent_pid("PassengerHelperAgent")).memory_info().rss)
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=10)
+
+
+def is_closed(sock: socket.socket, wait: float = 0.0) -> bool:
+    """Whether the server closed `sock` (whatever it said first)."""
+    sock.settimeout(wait)
+    try:
+        while data := sock.recv(65536):
+            del data
+        return True
+    except (BlockingIOError, TimeoutError):
+        return False
+    except OSError:
+        return True
+
+
+def latency(port: int, path: str = "/") -> float:
+    started = time.monotonic()
+    status, _, _ = http_request(port, path, timeout=10)
+    assert status == 200
+    return time.monotonic() - started
+
+
+def test_trickling_heads_do_not_slow_others_and_are_closed_in_time(
+        server: PassengerServer) -> None:
+    """500 connections sending one header byte a second (slowloris)."""
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"s" * 1000
+    socks = [connect(server.port) for _ in range(500)]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        for i in range(len(head)):
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    sock.send(head[i:i + 1])
+            if stop.wait(1.0):
+                return
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    started = time.monotonic()
+    trickler.start()
+    try:
+        times = [latency(server.port) for _ in range(20)]
+        assert statistics.median(times) < 0.050, times
+        deadline = started + TIMEOUT + 1.5  # one header timeout, plus the sweep
+        open_socks = list(socks)
+        while open_socks and time.monotonic() < deadline:
+            open_socks = [s for s in open_socks if not is_closed(s)]
+            time.sleep(0.1)
+        assert not open_socks, f"{len(open_socks)} trickling connections still open"
+    finally:
+        stop.set()
+        trickler.join(5)
+        for sock in socks:
+            sock.close()
+    server.wait_for_log("timed out reading the request header")
+
+
+def test_stalled_uploads_hold_no_process_and_get_408(server: PassengerServer) -> None:
+    stalled = []
+    for _ in range(6):
+        sock = connect(server.port)
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
+        stalled.append(sock)
+    try:
+        time.sleep(0.2)
+        assert latency(server.port) < 1.0
+        for sock in stalled:
+            status, _, body = Reader(sock).response(time.monotonic() + TIMEOUT + 3)
+            assert status == 408 and b"--client-body-timeout" in body
+            assert is_closed(sock, wait=2)
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_readers_that_never_read_hold_no_process_nor_memory(
+        server: PassengerServer) -> None:
+    before = helper_rss(server)
+    readers = []
+    for _ in range(8):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"GET /big?mb=32 HTTP/1.1\r\nHost: x\r\n\r\n")
+        readers.append(sock)
+    try:
+        time.sleep(1.0)  # the app processes produce 8 x 32 MB meanwhile
+        assert latency(server.port) < 1.0
+        grown = helper_rss(server) - before
+        assert grown < 64 * MB, f"the helper agent grew by {grown // MB} MB"
+        # They take nothing for --send-timeout: closed.
+        wait_for(lambda: all(is_closed(s) for s in readers), TIMEOUT + 3,
+                 message="the readers that never read closed")
+    finally:
+        for sock in readers:
+            sock.close()
+    server.wait_for_log("timed out reading the response")
+
+
+def test_a_gigabyte_upload_to_an_app_that_waits_arrives_whole(
+        server: PassengerServer) -> None:
+    before = helper_rss(server)
+    block = os.urandom(MB)
+    digest = hashlib.sha256()
+    peak = 0
+    with connect(server.port) as sock:
+        sock.sendall(b"POST /digest?wait=5 HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (1024 * MB))
+        for i in range(1024):
+            chunk = block[i % 256:] + block[:i % 256]
+            digest.update(chunk)
+            sock.sendall(chunk)
+            if i % 64 == 0:
+                peak = max(peak, helper_rss(server))
+        status, _, body = Reader(sock).response(time.monotonic() + 60)
+        peak = max(peak, helper_rss(server))
+    assert status == 200 and body == f"{1024 * MB} {digest.hexdigest()}\n".encode()
+    assert peak - before < 64 * MB, f"the helper agent grew by {(peak - before) // MB} MB"
+
+
+def test_idle_keepalive_connections_are_closed_and_memory_comes_back(
+        server: PassengerServer) -> None:
+    before = helper_rss(server)
+    socks = []
+    try:
+        for _ in range(5000):  # one request each, answered, then left open and idle
+            sock = connect(server.port)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert Reader(sock).response(time.monotonic() + 20)[0] == 200
+            socks.append(sock)
+        assert latency(server.port) < 1.0
+        wait_for(lambda: all(is_closed(s) for s in socks), TIMEOUT + 5,
+                 message="5,000 idle connections closed after --keepalive-timeout")
+    finally:
+        for sock in socks:
+            sock.close()
+    wait_for(lambda: helper_rss(server) - before < 10 * MB, 10,
+             message="the helper agent's memory back within 10 MB")
+
+
+def test_server_sent_events_are_not_held_back(server: PassengerServer) -> None:
+    with connect(server.port) as sock:
+        started = time.monotonic()
+        sock.sendall(b"GET /sse?n=5&every=0.1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while b"data: 0" not in data:
+            data += sock.recv(65536)
+        first = time.monotonic() - started
+        while b"data: 1" not in data:
+            data += sock.recv(65536)
+        second = time.monotonic() - started
+    assert first < 0.050, f"the first event took {first * 1000:.0f} ms"
+    assert 0.08 < second < 0.5, f"the second event came at {second * 1000:.0f} ms"
+
+
+def test_buffer_files_leave_nothing_behind() -> None:
+    """Bodies beyond 128 KiB go to unlinked files in buffers/: open while needed, gone
+    when the request ends, and gone with a killed helper agent too."""
+    with running_server(INSTRUMENTED_APP, "--min-instances", "1") as server:
+        instance = server.instance_dir()
+        assert instance is not None
+        buffers = instance / "buffers"
+        helper = server.agent_pid("PassengerHelperAgent")
+
+        def spool_files(pid: int) -> list[str]:
+            found = []
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if str(buffers) in os.readlink(fd):
+                        found.append(os.readlink(fd))
+            return found
+
+        with connect(server.port) as sock:
+            sock.sendall(b"POST /digest HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                         % (8 * MB) + b"x" * (4 * MB))
+            wait_for(lambda: spool_files(helper), 5, message="a spool file in use")
+            assert all(name.endswith("(deleted)") for name in spool_files(helper))
+            assert list(buffers.iterdir()) == []  # no names: nothing can be left over
+            sock.sendall(b"x" * (4 * MB))
+            assert Reader(sock).response(time.monotonic() + 30)[0] == 200
+        wait_for(lambda: not spool_files(helper), 5, message="the spool file closed")
+        # A file someone left there (an older version, say) goes at the next start.
+        (buffers / "left-over").write_bytes(b"old")
+        os.kill(helper, signal.SIGKILL)
+        wait_for(lambda: server.find_agent_pid("PassengerHelperAgent") not in (None, helper),
+                 10, message="a new helper agent")
+        wait_for(lambda: not (buffers / "left-over").exists(), 10,
+                 message="the left-over buffer removed")
+
+
+def test_out_of_descriptors_the_server_still_manages_itself() -> None:
+    """The descriptor limit lowered at run time, then clients exhausting it: accepts
+    fail (logged, with a count) and wait in the backlog; passenger-status still answers
+    and a killed app process is still replaced."""
+    with running_server(INSTRUMENTED_APP, "--min-instances", "1") as server:
+        helper = psutil.Process(server.agent_pid("PassengerHelperAgent"))
+        soft, hard = helper.rlimit(psutil.RLIMIT_NOFILE)
+        helper.rlimit(psutil.RLIMIT_NOFILE, (helper.num_fds() + 60, hard))
+        clients = []
+        try:
+            for _ in range(150):
+                clients.append(connect(server.port))
+            server.wait_for_log("accept(s) of new clients failed", timeout=10)
+            status = server.run_tool("passenger-status")
+            assert status.returncode == 0, status.stderr
+            (pid,) = server.app_pids()
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: (p := server.app_pids()) and pid not in p, 15,
+                     message="the killed app process replaced")
+        finally:
+            for sock in clients:
+                sock.close()
+        helper.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
+        assert latency(server.port) < 5.0  # and once they are gone, clients are served
