@@ -52,7 +52,14 @@ HEADER, BODY, KEEPALIVE = "header", "body", "keepalive"
 
 
 class HttpConnection(asyncio.Protocol):
-    """One client connection."""
+    """One client connection (slots: thousands of idle ones must stay small)."""
+
+    __slots__ = ("access_log", "app_held", "client_done", "closing", "closing_error",
+                 "current", "front", "linger", "loop", "parser", "pool", "read_deadline",
+                 "read_pauses", "read_waits_for", "remote_addr", "remote_port",
+                 "request_lines", "requests", "server_header", "server_name",
+                 "server_port", "spool", "transport", "trusted_proxy", "tunnel",
+                 "write_deadline", "writing_paused")
 
     def __init__(self, front: FrontEnd) -> None:
         self.front = front

@@ -133,6 +133,9 @@ def cgi_key(name: bytes) -> bytes:
 
 
 class RequestParser:
+    __slots__ = ("buffer", "field_limit", "fields_limit", "head_lines", "held", "keep_alive",
+                 "line_limit", "remaining", "scan_pos", "sink", "state", "trailer_lines")
+
     def __init__(self, sink: RequestSink, limits: Limits | None = None) -> None:
         limits = limits or Limits()
         self.sink = sink
