@@ -263,3 +263,33 @@ def test_out_of_descriptors_the_server_still_manages_itself() -> None:
                 sock.close()
         helper.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
         assert latency(server.port) < 5.0  # and once they are gone, clients are served
+
+
+def test_continue_and_queue_full_come_before_the_body_is_read() -> None:
+    """Request buffering reads the body first, but not blindly: a client that asks
+    `Expect: 100-continue` is told to go on at once, and a request that cannot be
+    queued gets its 503 before it uploads anything."""
+    with running_server(INSTRUMENTED_APP, "--min-instances", "1", "--max-pool-size", "1",
+                        "--max-request-queue-size", "1") as server:
+        with connect(server.port) as sock:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                         b"Expect: 100-continue\r\n\r\n")
+            assert sock.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+            sock.sendall(b"hello")
+            status, _, body = Reader(sock).response(time.monotonic() + 10)
+            assert (status, body) == (200, b"hello")
+        busy = threading.Thread(target=http_request, args=(server.port, "/sleep?s=2"))
+        queued = threading.Thread(target=http_request, args=(server.port, "/sleep?s=0.1"))
+        busy.start()
+        time.sleep(0.3)
+        queued.start()
+        time.sleep(0.3)
+        try:
+            with connect(server.port) as sock:
+                sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Length: 100000000\r\n\r\n")
+                status, _, _ = Reader(sock).response(time.monotonic() + 1.0)
+                assert status == 503
+        finally:
+            busy.join(10)
+            queued.join(10)
