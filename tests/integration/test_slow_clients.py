@@ -293,3 +293,56 @@ def test_continue_and_queue_full_come_before_the_body_is_read() -> None:
         finally:
             busy.join(10)
             queued.join(10)
+
+
+def test_streamed_upload_to_an_app_that_waits_is_held_back() -> None:
+    """--no-request-buffering: the app's socket fills, the client is slowed by TCP, and
+    the helper agent's memory stays put (it grew by 2 GB for a 2 GB upload before)."""
+    with running_server(INSTRUMENTED_APP, "--min-instances", "1", "--max-pool-size", "1",
+                        "--no-request-buffering") as server:
+        before = helper_rss(server)
+        with connect(server.port) as sock:
+            sock.sendall(b"POST /digest?wait=3 HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (300 * MB))
+            sock.settimeout(1.5)
+            pushed = 0
+            with contextlib.suppress(TimeoutError):
+                while pushed < 300 * MB:
+                    pushed += sock.send(b"u" * 65536)
+            grown = helper_rss(server) - before
+            assert pushed < 64 * MB, f"{pushed // MB} MB taken while the app was not reading"
+            assert grown < 64 * MB, f"the helper agent grew by {grown // MB} MB"
+            sock.settimeout(30)
+            sock.sendall(b"u" * (300 * MB - pushed))
+            status, _, body = Reader(sock).response(time.monotonic() + 60)
+            expected = hashlib.sha256(b"u" * (300 * MB)).hexdigest()
+            assert (status, body) == (200, f"{300 * MB} {expected}\n".encode())
+
+
+@pytest.mark.parametrize("buffering", [[], ["--no-request-buffering"]])
+def test_bodies_over_client_max_body_size_get_413(buffering: list[str]) -> None:
+    with running_server(INSTRUMENTED_APP, "--client-max-body-size", "1",
+                        *buffering) as server:
+        with connect(server.port) as sock:  # announced: refused before it is sent
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                         % (MB + 1))
+            assert Reader(sock).response(time.monotonic() + 5)[0] == 413
+        with connect(server.port) as sock:  # chunked: refused when it grows too big
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
+                         b"\r\n\r\n")
+            with contextlib.suppress(OSError):
+                for _ in range(20):
+                    sock.sendall(b"10000\r\n" + b"c" * 65536 + b"\r\n")
+            assert Reader(sock).response(time.monotonic() + 5)[0] == 413
+        status, _, body = http_request(server.port, "/echo", method="POST", body=b"b" * MB)
+        assert (status, len(body)) == (200, MB)
+
+
+def test_keepalive_timeout_zero_turns_keep_alive_off() -> None:
+    with running_server(INSTRUMENTED_APP, "--keepalive-timeout", "0") as server, \
+            connect(server.port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        reader = Reader(sock)
+        status, headers, _ = reader.response(time.monotonic() + 5)
+        assert status == 200 and headers[b"connection"] == b"close"
+        assert reader.closed(time.monotonic() + 5)

@@ -168,8 +168,9 @@ class HttpConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.spool is None:
-            if not self.writing_paused and self.transport is not None:
-                self.transport.write(data)
+            if not self.writing_paused:
+                if self.transport is not None:
+                    self.transport.write(data)
                 return
             self.spool = Spool(self.front.buffer_dir)
         self.spool.append(data)
@@ -219,6 +220,11 @@ class HttpConnection(asyncio.Protocol):
         if self.transport is None:
             return None
         self.read_deadline = self.write_deadline = 0.0  # a tunnel has its own life
+        if self.spool is not None:  # what came before the switch goes first
+            while data := self.spool.read():
+                self.transport.write(data)
+            self.spool.close()
+            self.spool = None
         self.tunnel = Tunnel(self.transport, app)
         self.tunnel.from_client(self.parser.take_held())
         self.read_pauses.clear()
@@ -372,10 +378,10 @@ class HttpConnection(asyncio.Protocol):
         request = self.current
         if request is not None:
             self.read_deadline = self.loop.time() + self.front.body_timeout
+            request.received += len(data)
+            if self.front.max_body_size and request.received > self.front.max_body_size:
+                raise _too_large(self.front.max_body_size)  # a chunked body grew too big
             request.feed_body(data)
-            if request.spool is not None and self.front.max_body_size \
-                    and request.spool.total > self.front.max_body_size:
-                raise _too_large(self.front.max_body_size)
 
     def on_message_complete(self) -> None:
         request, self.current = self.current, None

@@ -58,8 +58,9 @@ class ClientConnection(Protocol):
 class Request:
     __slots__ = ("body_done", "buffered", "bytes_sent", "channel", "chunked", "conn",
                  "done", "drop_body", "env", "expect_continue", "frames", "group",
-                 "head_only", "http10", "keep_alive", "out", "process", "released",
-                 "remaining", "response_started", "spool", "started", "status", "upgrade")
+                 "head_only", "http10", "keep_alive", "out", "process", "received",
+                 "released", "remaining", "response_started", "spool", "started", "status",
+                 "upgrade")
 
     def __init__(self, conn: ClientConnection, frames: list[bytes], head_only: bool,
                  keep_alive: bool, http10: bool, group: Group | None,
@@ -88,6 +89,7 @@ class Request:
         self.out: list[bytes] = []      # response bytes not yet written to the client
         self.env: list[bytes] | None = None  # a buffered request's fields, until its body
         self.spool: Spool | None = None  # is whole here (request buffering)
+        self.received = 0               # bytes of the request body so far
 
     # -- request body ---------------------------------------------------------------
 
@@ -187,6 +189,7 @@ class Request:
             channel.write(proto.END)
         channel.resume()
         self.channel = None
+        self.conn.resume_reading("app")  # if the client was waiting for the app to read
 
     def abandon(self) -> None:
         """The client went away (or sent garbage) before the exchange was over."""
