@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -26,6 +27,17 @@ TIMEOUT = 2  # seconds, for every timeout of the server under test
 TIMEOUTS = ("--client-header-timeout", str(TIMEOUT), "--client-body-timeout", str(TIMEOUT),
             "--send-timeout", str(TIMEOUT), "--keepalive-timeout", str(TIMEOUT))
 MB = 1024 * 1024
+
+
+@pytest.fixture(scope="module", autouse=True)
+def enough_descriptors() -> Iterator[None]:
+    """This client opens thousands of sockets: its soft limit up to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 6000:
+        pytest.skip(f"the descriptor hard limit ({hard}) is below the 6,000 these tests use")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.fixture(scope="module")
