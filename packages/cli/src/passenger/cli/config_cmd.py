@@ -1,7 +1,7 @@
 """passenger-config: administer running instances.
 
 Usage:
-  passenger-config list-instances [--json]
+  passenger-config list-instances [--json] [-v]
   passenger-config reopen-logs [--instance NAME]
   passenger-config detach-process [--instance NAME] [--ignore-nonexistant-pid] <PID>
   passenger-config restart-app [--instance NAME] [--ignore-app-not-running]
@@ -21,6 +21,8 @@ Commands:
 
 Options:
   --instance NAME   The Passenger instance to select (when several run).
+  -v                With list-instances: also say which directories in the registry
+                    were skipped, and why (not owned by root or you, writable by others).
 """
 
 from __future__ import annotations
@@ -29,18 +31,20 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from docopt import DocoptExit, docopt
 
 from passenger.cli.instances import NoInstance, describe, live_instances, select_instance
+from passenger.cli.terminal import protect_output
 from passenger.common import VERSION
 from passenger.common.admin_client import AdminError, request
 from passenger.common.instance_dir import InstanceDir
 
 
-def list_instances(as_json: bool) -> None:
-    instances = live_instances()
+def list_instances(as_json: bool, verbose: bool = False) -> None:
+    instances = live_instances(report_skipped=_report_skipped if verbose else None)
     if as_json:
         print(json.dumps([{"name": n, "watchdog_pid": p, "description": d,
                            "instance_dir": str(i.path)}
@@ -55,6 +59,10 @@ def list_instances(as_json: bool) -> None:
     for inst in instances:
         name, pid, desc = describe(inst)
         print(f"{name:<10} {pid:<8} {desc}")
+
+
+def _report_skipped(path: Path, why: str) -> None:
+    print(f"(skipped {path}: it {why})", file=sys.stderr)
 
 
 def _instance(name: str | None) -> InstanceDir:
@@ -112,13 +120,14 @@ def restart_app(args: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    protect_output()
     try:
         args = docopt(__doc__, argv=argv, version=f"Passenger {VERSION}")
     except DocoptExit as exc:
         print(exc, file=sys.stderr)
         sys.exit(2)
     if args["list-instances"]:
-        list_instances(args["--json"])
+        list_instances(args["--json"], verbose=bool(args["-v"]))
     elif args["reopen-logs"]:
         reopen_logs(args["--instance"])
     elif args["detach-process"]:

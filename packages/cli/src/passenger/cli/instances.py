@@ -4,6 +4,7 @@ directories (saying so), pick the only live one, or ask the user to choose."""
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from passenger.common.instance_dir import InstanceDir, list_instances, registry_dir
 
@@ -16,8 +17,10 @@ def _report_stale(inst: InstanceDir) -> None:
     print(f"*** Cleaning stale instance directory {inst.path}", file=sys.stderr)
 
 
-def live_instances() -> list[InstanceDir]:
-    return list_instances(registry_dir(), report_stale=_report_stale)
+def live_instances(report_skipped: Any = None) -> list[InstanceDir]:
+    """Instances we may trust (see `instance_dir`); stale ones are cleaned, saying so."""
+    return list_instances(registry_dir(), report_stale=_report_stale,
+                          report_skipped=report_skipped)
 
 
 def describe(inst: InstanceDir) -> tuple[str, str, str]:

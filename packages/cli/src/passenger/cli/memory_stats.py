@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from passenger.cli.terminal import printable
 from passenger.common import VERSION
 from passenger.common.procfs import MemoryUsage, ProcessEntry, ProcessGone, ProcFS
 
@@ -304,7 +305,7 @@ def run(argv: Sequence[str], procfs: ProcFS | None = None, euid: int | None = No
 def main(argv: Sequence[str] | None = None) -> int:
     report = run(sys.argv[1:] if argv is None else argv)
     try:
-        sys.stdout.write(report)
+        sys.stdout.write(printable(report))  # command lines are anyone's to choose
         sys.stdout.flush()
     except BrokenPipeError:
         # `passenger-memory-stats | head`: the reader left; no traceback for that.

@@ -272,6 +272,11 @@ def stop(args: dict[str, object]) -> None:
         print(f"passenger stop: Passenger Standalone is not running ({why} at {path})",
               file=sys.stderr)
         sys.exit(1)
+    if not pid_file.names_our_watchdog(path, pid):
+        print(f"passenger stop: PID {pid} in {path} is not a Passenger watchdog started "
+              f"before that file was written (a stale PID file?); not signalling it",
+              file=sys.stderr)
+        sys.exit(1)
     try:
         os.kill(pid, signal.SIGTERM)
     except OSError as exc:

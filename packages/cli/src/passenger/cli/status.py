@@ -21,6 +21,7 @@ from typing import Any
 from docopt import DocoptExit, docopt
 
 from passenger.cli.instances import NoInstance, select_instance
+from passenger.cli.terminal import protect_output
 from passenger.common.admin_client import AdminError, request
 
 SHOW_CHOICES = ("pool", "json")
@@ -93,6 +94,7 @@ def format_pool(pool: dict[str, Any], header: bool = True) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    protect_output()
     try:
         args = docopt(__doc__, argv=argv)
     except DocoptExit as exc:

@@ -12,8 +12,9 @@ import ipaddress
 import json
 import os
 import pwd
+import stat
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -340,25 +341,59 @@ def _checked(config: ServerConfig) -> ServerConfig:
     return config
 
 
-def read_passengerfile(app_root: str) -> dict[str, Any]:
+# What root takes only from root: who the app runs as, what it runs, and where root
+# writes, binds or looks for instances.
+PRIVILEGED = ("user", "python", "log_file", "access_log", "pid_file",
+              "instance_registry_dir", "socket")
+
+
+def read_passengerfile(app_root: str,
+                       warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The app dir's Passengerfile.json. Run as root, its privileged settings count only
+    if root owns the file itself (not through a link): the app's owner controls it."""
     path = Path(app_root) / "Passengerfile.json"
-    if not path.exists():
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot be read as JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must hold a JSON object of options")
+    if os.geteuid() == 0 and (st.st_uid != 0 or stat.S_ISLNK(st.st_mode)):
+        _drop_privileged(data, path, warn or _warn)
     return data
 
 
-def resolve(cli: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> ServerConfig:
+def _drop_privileged(data: dict[str, Any], path: Path, warn: Callable[[str], None]) -> None:
+    owner = "a link" if stat.S_ISLNK(os.lstat(path).st_mode) else \
+        f"owned by user {os.lstat(path).st_uid}"
+    places = [("", data)] + [(f"apps[{i}] ", app) for i, app in
+                             enumerate(data.get("apps") or []) if isinstance(app, dict)]
+    for where, values in places:
+        for name in PRIVILEGED:
+            if name in values:
+                del values[name]
+                warn(f"passenger start: ignoring {where}{name!r} in {path}: the file is "
+                     f"{owner}, not root's; as root, {name} comes only from the command "
+                     f"line, the environment or a file root owns")
+
+
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def resolve(cli: Mapping[str, Any], environ: Mapping[str, str] = os.environ,
+            warn: Callable[[str], None] | None = None) -> ServerConfig:
     """Merge the four sources in precedence order and validate the result."""
     app_root = os.path.abspath(cli.get("app_root") or environ.get(env_name("app_root")) or ".")
     if not os.path.isdir(app_root):
         raise ConfigError(f"APP_DIR: {app_root!r} is not a directory")
-    file_values = read_passengerfile(app_root)
+    file_values = read_passengerfile(app_root, warn)
     merged: dict[str, tuple[Any, str]] = {}
     for name, raw in file_values.items():
         merged[name] = (raw, f"Passengerfile.json '{name}'")

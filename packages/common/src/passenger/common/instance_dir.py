@@ -13,6 +13,14 @@ Layout (Passenger 6 names where they fit)::
         apps/                one Unix socket per app process
 
 An instance whose `lock` can be taken is stale: its watchdog is gone.
+
+Another local user can write to the default registry (/tmp), so nothing found there is
+trusted as such: the registry must be owned by root or us and be sticky or writable by
+no one else; an instance counts only if its directory, lock, properties and admin
+socket are owned by root or by us and its directory is writable by no one else; files
+are opened without following symbolic links and without blocking (a FIFO planted as
+`lock` must not hang `passenger-status`). Our own instance directory is 0750, its files
+0640 (the sockets and pipes in it 0600).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import string
 import tempfile
 import time
@@ -34,6 +43,70 @@ from passenger.common import SERVER_SOFTWARE, VERSION
 
 PREFIX = "passenger."
 UNFINALIZED_GRACE_SECONDS = 60.0
+MAX_PROPERTIES = 1 << 20
+
+
+class UnsafePath(ValueError):
+    """A path we would use is not as it must be; the message is one line for the user."""
+
+
+def _trusted_owner(st: os.stat_result) -> bool:
+    return st.st_uid in (0, os.geteuid())
+
+
+def check_registry(path: Path) -> None:
+    """Raise UnsafePath unless `path` is a directory owned by root or us, which no one
+    else can write to (or which is sticky, as /tmp is)."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        if not _trusted_owner(st):
+            raise UnsafePath(f"--instance-registry-dir: {path} is a symbolic link owned by "
+                             f"user {st.st_uid}; use a directory owned by root or by you")
+        st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnsafePath(f"--instance-registry-dir: {path} is not a directory")
+    if not _trusted_owner(st):
+        raise UnsafePath(f"--instance-registry-dir: {path} is owned by user {st.st_uid}, "
+                         f"who could move our instance directory; use a directory owned "
+                         f"by root or by you")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise UnsafePath(f"--instance-registry-dir: {path} is writable by others and not "
+                         f"sticky; use a directory only you can write to (or a sticky "
+                         f"one, like /tmp)")
+
+
+def untrusted_because(path: Path) -> str:
+    """Why the instance directory at `path` must not be used ("" if it may)."""
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if not _trusted_owner(st):
+        return f"is owned by user {st.st_uid}, neither root nor you"
+    if st.st_mode & 0o022:
+        return "is writable by others"
+    for name, kind in (("lock", stat.S_ISREG), ("properties.json", stat.S_ISREG),
+                       ("admin.sock", stat.S_ISSOCK)):
+        try:
+            entry = os.lstat(path / name)
+        except FileNotFoundError:
+            continue
+        if not kind(entry.st_mode):
+            return f"has a {name} of the wrong type"
+        if not _trusted_owner(entry):
+            return f"has a {name} owned by user {entry.st_uid}"
+    return ""
+
+
+def _open_regular(path: Path) -> int:
+    """Read-only, never through a link, never blocking; only a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return fd
 
 
 def registry_dir(configured: str = "") -> Path:
@@ -71,7 +144,9 @@ class InstanceDir:
         return self.path / "lock"
 
     def properties(self) -> dict[str, Any]:
-        data = json.loads((self.path / "properties.json").read_text())
+        fd = _open_regular(self.path / "properties.json")
+        with os.fdopen(fd, "rb") as f:
+            data = json.loads(f.read(MAX_PROPERTIES))
         if not isinstance(data, dict):
             raise ValueError("properties.json is not an object")
         return data
@@ -86,9 +161,11 @@ class InstanceDir:
     def is_locked(self) -> bool:
         """True while a watchdog holds the lock, i.e. the instance is alive."""
         try:
-            fd = os.open(self.lock_file, os.O_RDONLY | os.O_CLOEXEC)
+            fd = _open_regular(self.lock_file)
         except FileNotFoundError:
             return False
+        except OSError:
+            return True  # not a lock we can judge: not ours to call stale
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -110,14 +187,18 @@ class OwnedInstanceDir(InstanceDir):
 
     @classmethod
     def create(cls, registry: Path, properties: dict[str, Any]) -> OwnedInstanceDir:
-        registry.mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=registry))
-        os.chmod(path, 0o755)
-        lock_fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        """Raises UnsafePath if the registry is not safe to create it in."""
+        if not os.path.lexists(registry):
+            registry.mkdir(mode=0o755, parents=True)
+        check_registry(registry)
+        path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=registry))  # 0700, ours
+        os.chmod(path, 0o750)
+        lock_fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o640)
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         (path / "apps").mkdir(mode=0o700)
         (path / "buffers").mkdir(mode=0o700)
-        (path / "watchdog.pid").write_text(f"{os.getpid()}\n")
+        _write_new(path / "watchdog.pid", f"{os.getpid()}\n")
         alphabet = string.ascii_letters + string.digits
         props = {
             "name": "".join(secrets.choice(alphabet) for _ in range(8)),
@@ -129,7 +210,7 @@ class OwnedInstanceDir(InstanceDir):
             "watchdog_pid": os.getpid(),
             **properties,
         }
-        (path / "properties.json").write_text(json.dumps(props, indent=2) + "\n")
+        _write_new(path / "properties.json", json.dumps(props, indent=2) + "\n")
         return cls(path, lock_fd)
 
     def finalize(self) -> None:
@@ -140,20 +221,35 @@ class OwnedInstanceDir(InstanceDir):
         os.close(self.lock_fd)
 
 
-def _candidates(registry: Path) -> Iterator[InstanceDir]:
+def _write_new(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o640)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _candidates(registry: Path, report_skipped: Any = None) -> Iterator[InstanceDir]:
     try:
         entries = sorted(registry.iterdir())
     except OSError:
         return
     for entry in entries:
-        if entry.name.startswith(PREFIX) and entry.is_dir() and not entry.is_symlink():
-            yield InstanceDir(entry)
+        if not entry.name.startswith(PREFIX):
+            continue
+        why = untrusted_because(entry)
+        if why:
+            if report_skipped is not None:
+                report_skipped(entry, why)
+            continue
+        yield InstanceDir(entry)
 
 
-def list_instances(registry: Path, report_stale: Any = None) -> list[InstanceDir]:
-    """Live instances in `registry`; stale ones are removed and reported via `report_stale`."""
+def list_instances(registry: Path, report_stale: Any = None,
+                   report_skipped: Any = None) -> list[InstanceDir]:
+    """Live instances in `registry`; stale ones are removed and reported via
+    `report_stale`; ones we must not trust are left alone, told to `report_skipped`."""
     live = []
-    for inst in _candidates(registry):
+    for inst in _candidates(registry, report_skipped):
         if inst.is_locked():
             if inst.is_finalized():
                 live.append(inst)

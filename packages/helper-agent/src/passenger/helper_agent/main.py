@@ -57,8 +57,7 @@ class HelperAgent:
                     self.instance.name)
         for stale in self.instance.apps_dir.glob("wsgi.*"):
             stale.unlink(missing_ok=True)
-        if os.geteuid() == 0:  # apps run as other users create their sockets here
-            os.chmod(self.instance.apps_dir, 0o1733)
+        os.chmod(self.instance.apps_dir, 0o700)  # app sockets: ours alone (see Spawner)
         buffers = self.instance.buffers_dir
         buffers.mkdir(mode=0o700, exist_ok=True)
         for stale in buffers.iterdir():  # bodies are unlinked files; anything else is old

@@ -39,7 +39,8 @@ class Preloader:
         return self.popen.returncode is None
 
     async def fork(self, doc: dict[str, Any], fds: list[int]) -> int:
-        """Ask for one worker with these fds (lifeline, output, feedback); -> its PID."""
+        """Ask for one worker with these fds (lifeline, output, feedback, listening
+        socket); -> its PID."""
         loop = asyncio.get_running_loop()
         async with self.lock:
             self.last_used = time.monotonic()

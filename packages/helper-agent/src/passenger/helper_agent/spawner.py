@@ -13,7 +13,6 @@ import ctypes
 import logging
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -49,6 +48,33 @@ MAX_OUTPUT_KEPT = 50
 WATCHED_PIDS: set[int] = set()  # processes whose exit a pidfd watcher will reap
 GENERIC_POLL_INTERVAL = 0.05
 PR_SET_PDEATHSIG = 1
+
+
+# What the app's interpreter runs (`python -c`): the loader's source comes in the startup
+# document, so the app's user needs to read nothing of ours and nothing in the instance
+# directory. Tracebacks still name the loader's real path.
+LOADER_BOOTSTRAP = (
+    "import json,sys\n"
+    "d=json.loads(sys.stdin.buffer.readline())\n"
+    "g={'__name__':'__main__','__file__':d['loader_path'],'STARTUP_DOCUMENT':d}\n"
+    "exec(compile(d['loader_source'],d['loader_path'],'exec'),g)\n")
+_SOURCES: dict[str, str] = {}
+
+
+def loader_sources() -> dict[str, str]:
+    """The loader's and the frame module's source and path, read once."""
+    if not _SOURCES:
+        for key, module in (("loader", wsgi_loader), ("protocol", app_protocol)):
+            path = str(module.__file__)
+            _SOURCES[f"{key}_path"] = path
+            with open(path, encoding="utf-8") as f:
+                _SOURCES[f"{key}_source"] = f.read()
+    return dict(_SOURCES)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 class SpawnError(RuntimeError):
@@ -98,22 +124,6 @@ class Spawner:
             return {}
         return {"user": self.user.uid, "group": self.user.gid,
                 "extra_groups": list(self.user.groups)}
-
-    def _loader_files(self) -> tuple[str, str]:
-        """The loader and its frame module, where the app's user can read them: a copy in
-        the instance directory when that user is not us (our install may be private)."""
-        if self.user is None or self.user.uid == os.geteuid():
-            return wsgi_loader.__file__, app_protocol.__file__
-        target = self.apps_dir.parent / "loader"
-        target.mkdir(mode=0o755, exist_ok=True)
-        paths = []
-        for source in (wsgi_loader.__file__, app_protocol.__file__):
-            copy = target / os.path.basename(source)
-            if not copy.exists():
-                shutil.copyfile(source, copy)
-                copy.chmod(0o644)
-            paths.append(str(copy))
-        return paths[0], paths[1]
 
     def _start_error(self, exc: OSError) -> SpawnError:
         hint = ""
@@ -187,8 +197,15 @@ class Spawner:
 
     async def _spawn_direct(self) -> AppProcess:
         """A fresh interpreter running the loader."""
-        socket_path = self._socket_path()
-        popen, feedback_r, output = self._start_loader({"socket_path": socket_path})
+        listener, socket_path = self._app_socket()
+        try:
+            popen, feedback_r, output = self._start_loader(
+                {"listen_fd": listener.fileno()}, pass_fds=(listener,))
+        except SpawnError:
+            _unlink(socket_path)
+            raise
+        finally:
+            listener.close()  # the app process has its own copy
         process = AppProcess(popen=popen, socket_path=socket_path)
         self._adopt(process)
         return await self._finish_spawn(process, feedback_r, output)
@@ -196,24 +213,25 @@ class Spawner:
     async def _spawn_smart(self) -> AppProcess:
         """A fork of the preloader, which has the app loaded already."""
         preloader = await self._running_preloader()
-        socket_path = self._socket_path()
+        listener, socket_path = self._app_socket()
         lifeline_r, lifeline_w = os.pipe()
         output_r, output_w = os.pipe()
         feedback_r, feedback_w = os.pipe()
         try:
             pid = await preloader.fork(
                 {"title": WSGI_APP_PREFIX + self.config.app_root,
-                 "socket_path": socket_path, "app_root": self.config.app_root,
-                 "server_software": SERVER_SOFTWARE,
+                 "app_root": self.config.app_root, "server_software": SERVER_SOFTWARE,
                  "concurrency": self.config.concurrency},
-                [lifeline_r, output_w, feedback_w])
+                [lifeline_r, output_w, feedback_w, listener.fileno()])
         except PreloaderError as exc:
             for fd in (lifeline_w, output_r, feedback_r):
                 os.close(fd)
+            _unlink(socket_path)
             raise SpawnError(str(exc), []) from None
         finally:
             for fd in (lifeline_r, output_w, feedback_w):
                 os.close(fd)
+            listener.close()
         popen = AdoptedProcess(pid, os.fdopen(lifeline_w, "wb"))
         output: list[str] = []
         process = AppProcess(popen=popen, socket_path=socket_path)
@@ -263,15 +281,28 @@ class Spawner:
                 and time.monotonic() - self.preloader.last_used > idle_time):
             self.stop_preloader(f"unused for {idle_time} s (--max-preloader-idle-time)")
 
-    def _socket_path(self) -> str:
-        return str(self.apps_dir / f"wsgi.{secrets.token_hex(8)}")
+    def _app_socket(self) -> tuple[socket.socket, str]:
+        """An app process's listening socket, bound and listening by us with mode 0600 in
+        our 0700 `apps/`, then handed to the process: its umask cannot widen it, and no
+        one but the helper agent can reach it."""
+        path = str(self.apps_dir / f"wsgi.{secrets.token_hex(8)}")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(path)
+            os.chmod(path, 0o600)
+            listener.listen(64)
+        except OSError as exc:
+            listener.close()
+            _unlink(path)
+            raise SpawnError(f"cannot create the app process's socket {path}: {exc}",
+                             []) from None
+        return listener, path
 
     def _start_loader(self, extra: dict[str, Any], pass_fds: tuple[socket.socket, ...] = (),
                       title: str = "") -> tuple[subprocess.Popen[bytes], int, list[str]]:
         """Run the loader with the app's interpreter; -> (process, feedback fd, output)."""
         title = title or WSGI_APP_PREFIX + self.config.app_root
-        loader_path, protocol_path = self._loader_files()
-        argv = [self.config.python, loader_path]
+        argv = [self.config.python, "-c", LOADER_BOOTSTRAP]
         longest = max(len(title.encode()), len((WSGI_APP_PREFIX + self.config.app_root).encode()))
         area = sum(len(a.encode()) + 1 for a in argv)
         if area <= longest:
@@ -297,9 +328,8 @@ class Spawner:
         with contextlib.suppress(BrokenPipeError):  # it died at once: the feedback says so
             popen.stdin.write(encode_document({
                 "title": title, "feedback_fd": feedback_w,
-                "socket_path": self._socket_path(),
                 "app_root": self.config.app_root, "startup_file": self.config.startup_file,
-                "protocol_path": protocol_path, "server_software": SERVER_SOFTWARE,
+                **loader_sources(), "server_software": SERVER_SOFTWARE,
                 "concurrency": self.config.concurrency, **extra}))
             popen.stdin.flush()
         return popen, feedback_r, output
@@ -325,6 +355,8 @@ class Spawner:
         self._watch_exit(process.popen, lambda: self._process_exited(process))
 
     def _process_exited(self, process: AppProcess) -> None:
+        if process.socket_path.startswith("/"):
+            _unlink(process.socket_path)
         returncode = process.popen.returncode
         process.exit_description = (describe_exit(returncode) if returncode is not None
                                     else "an unknown status")

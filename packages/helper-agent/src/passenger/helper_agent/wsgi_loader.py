@@ -4,8 +4,9 @@ Runs with the app's own interpreter, so it imports only the standard library. Th
 format lives in `passenger/common/app_protocol.py`, which is stdlib-only too and is loaded
 here by path (its location comes in the startup document).
 
-Life cycle: read one JSON startup document from stdin; load the app; listen on the Unix
-socket named in the document; report {"status": "ready"} (or an error with the traceback)
+Life cycle: read one JSON startup document from stdin (the helper agent's bootstrap does,
+and runs this file's source from it); load the app; serve on the listening socket the
+helper agent bound and handed us; report {"status": "ready"} (or an error with the traceback)
 on the feedback fd; serve one request at a time on each connection the helper agent
 opens (one connection, or --thread-count of them, each served by its own thread). EOF on
 stdin means the helper agent is gone or wants us to stop: we exit, after the requests in
@@ -489,8 +490,19 @@ def report_failure(feedback_fd: int, exc: BaseException) -> None:
     os._exit(1)
 
 
+def load_source(name: str, source: str, filename: str) -> ModuleType:
+    """A module from the source the helper agent sent us (the app's user may not be able
+    to read our install, and must not need the instance directory)."""
+    module = ModuleType(name)
+    module.__file__ = filename
+    sys.modules[name] = module
+    exec(compile(source, filename, "exec"), module.__dict__)
+    return module
+
+
 def load_app(doc: dict[str, Any]) -> tuple[Callable[..., Iterable[bytes]], ModuleType]:
-    proto = load_module("passenger_app_protocol", doc["protocol_path"])
+    proto = load_source("passenger_app_protocol", doc["protocol_source"],
+                        doc["protocol_path"])
     os.chdir(doc["app_root"])
     sys.path.insert(0, doc["app_root"])
     module = load_module("passenger_wsgi", os.path.join(doc["app_root"], doc["startup_file"]))
@@ -505,9 +517,9 @@ def run_worker(doc: dict[str, Any], app: Callable[..., Iterable[bytes]], proto: 
                lifeline: Lifeline, feedback_fd: int) -> None:
     """Listen on our socket, say we are ready, and serve until the lifeline closes."""
     try:
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(doc["socket_path"])
-        listener.listen(64)
+        # Bound and listening already, by the helper agent, with its own mode and in its
+        # own directory: whatever our umask, no one else can connect.
+        listener = socket.socket(fileno=doc["listen_fd"])
     except OSError as exc:
         report_failure(feedback_fd, exc)
     report(feedback_fd, {"status": "ready", "pid": os.getpid()})
@@ -543,8 +555,9 @@ def run_preloader(doc: dict[str, Any], app: Callable[..., Iterable[bytes]],
     writing to (and so un-sharing) those pages.
 
     Command (helper agent -> us, on the control socket): one JSON line with the worker's
-    startup document, plus three fds (SCM_RIGHTS): its lifeline, its output pipe, its
-    feedback pipe. Answer: one JSON line {"pid": N}. EOF on the control socket: we exit.
+    startup document, plus four fds (SCM_RIGHTS): its lifeline, its output pipe, its
+    feedback pipe, its listening socket. Answer: one JSON line {"pid": N}. EOF on the
+    control socket: we exit.
     """
     # Our own lifeline thread is one; any other thread was started by the app, and a
     # fork would silently lose it: the helper agent then spawns directly instead.
@@ -559,7 +572,7 @@ def run_preloader(doc: dict[str, Any], app: Callable[..., Iterable[bytes]],
         line = b""
         fds: list[int] = []
         while not line.endswith(b"\n"):
-            data, new_fds, _flags, _addr = socket.recv_fds(control, 65536, 3)
+            data, new_fds, _flags, _addr = socket.recv_fds(control, 65536, 4)
             if not data:
                 os._exit(0)  # the helper agent closed the control socket
             line += data
@@ -573,7 +586,8 @@ def fork_worker(doc: dict[str, Any], fds: list[int], app: Callable[..., Iterable
                 proto: ModuleType, control: socket.socket) -> int:
     """Double fork: the worker's parent exits at once, so the worker is adopted by the
     helper agent (a child subreaper), which can then wait for it like any child."""
-    lifeline_fd, output_fd, feedback_fd = fds
+    lifeline_fd, output_fd, feedback_fd, listen_fd = fds
+    doc["listen_fd"] = listen_fd
     pid_r, pid_w = os.pipe()
     middle = os.fork()
     if middle == 0:
@@ -613,7 +627,9 @@ def become_worker(doc: dict[str, Any], lifeline_fd: int, output_fd: int, feedbac
 
 
 def main() -> None:
-    doc = json.loads(sys.stdin.buffer.readline())
+    # Run by the helper agent's bootstrap (see Spawner), which has read our startup
+    # document from stdin already; run as a file (tests, by hand), we read it ourselves.
+    doc = globals().get("STARTUP_DOCUMENT") or json.loads(sys.stdin.buffer.readline())
     feedback_fd: int = doc["feedback_fd"]
     set_process_title(doc["title"])
     lifeline = Lifeline()

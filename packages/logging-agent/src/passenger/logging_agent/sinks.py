@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 from typing import BinaryIO
 
+from passenger.common import safe_files
+
 SPLICE_CHUNK = 1 << 20
 
 
 def open_log_file(path: str) -> int:
-    """No O_APPEND (splice refuses it); we are the file's only writer and start at its end."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # read: for echo
+    """No O_APPEND (splice refuses it); we are the file's only writer and start at its end.
+    Opened through `safe_files`: an app dir's owner cannot point us elsewhere."""
+    fd = safe_files.open_file(path, os.O_RDWR | os.O_CREAT)  # read: for echo
     os.lseek(fd, 0, os.SEEK_END)
     return fd
 

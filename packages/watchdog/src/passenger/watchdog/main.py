@@ -23,7 +23,7 @@ import sys
 from passenger.common import pid_file
 from passenger.common.config import ConfigError, ServerConfig
 from passenger.common.executables import find_executable
-from passenger.common.instance_dir import OwnedInstanceDir, registry_dir
+from passenger.common.instance_dir import OwnedInstanceDir, UnsafePath, registry_dir
 from passenger.common.log_records import LogLineHandler, LogLineWriter, create_pipe
 from passenger.common.process_title import WATCHDOG, set_title
 from passenger.common.startup_protocol import report_error, report_ready
@@ -190,9 +190,15 @@ def main() -> None:
             pid_file.release(pid_path)
         reporter.error(str(exc))
         sys.exit(1)
-    instance = OwnedInstanceDir.create(registry_dir(config.instance_registry_dir), {
-        "listen": config.listen_url, "app_roots": [config.app_root],
-        "pid_file": pid_path})
+    try:
+        instance = OwnedInstanceDir.create(registry_dir(config.instance_registry_dir), {
+            "listen": config.listen_url, "app_roots": [config.app_root],
+            "pid_file": pid_path})
+    except (UnsafePath, OSError) as exc:
+        listener.close()
+        pid_file.release(pid_path)
+        reporter.error(str(exc))
+        sys.exit(1)
     keepers = [create_pipe(str(instance.logging_fifo)), create_pipe(str(instance.access_fifo))]
     writer = LogLineWriter(str(instance.logging_fifo))
     logging.getLogger().handlers[:] = [LogLineHandler(writer)]
