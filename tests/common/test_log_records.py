@@ -33,37 +33,99 @@ def test_agent_line_layout() -> None:
     assert line.startswith("[ W ") and line.endswith(" 42 pool ]: hello")
 
 
+def fill_pipe(writer: LogLineWriter) -> int:
+    """Write pipe-page-sized lines until the pipe is full and one waits; returns how many."""
+    big = "x" * (PIPE_BUF - 1)
+    written = 0
+    while writer.flush() and written < 10_000:
+        writer.write(big)
+        written += 1
+    assert writer.pending
+    return written
+
+
+def drain(keeper: int, *writers: LogLineWriter) -> list[str]:
+    """Read the pipe until every writer has delivered what it holds."""
+    drained = b""
+    while True:
+        try:
+            drained += os.read(keeper, 1 << 20)
+        except BlockingIOError:
+            if all([w.flush() for w in writers]):
+                break
+    while True:
+        try:
+            drained += os.read(keeper, 1 << 20)
+        except BlockingIOError:
+            break
+    return drained.decode().splitlines()
+
+
 def test_writer_keeps_lines_while_the_pipe_is_full_and_counts_overflow(tmp_path: Path) -> None:
     fifo = str(tmp_path / "f")
     keeper = create_pipe(fifo)  # what the watchdog holds: a reader always exists
-    writer = LogLineWriter(fifo, max_buffered=3)
+    writer = LogLineWriter(fifo, max_buffered=3, name="main log")
     try:
-        big = "x" * (PIPE_BUF - 1)
-        written = 0
-        while writer.flush() and written < 10_000:  # fill the pipe
-            writer.write(big)
-            written += 1
-        assert writer.pending
+        written = fill_pipe(writer)
+        assert len(writer.pending) == 1
         for i in range(5):
             writer.write(f"m{i}")  # returns at once although the pipe is full
-        assert writer.dropped_total >= 2
-        drained = b""
-        while True:
-            try:
-                drained += os.read(keeper, 1 << 20)
-            except BlockingIOError:
-                if writer.flush():
-                    break
-        while True:
-            try:
-                drained += os.read(keeper, 1 << 20)
-            except BlockingIOError:
-                break
+        assert len(writer.pending) == 3  # the page that did not fit, m0, m1
+        assert (writer.dropped, writer.dropped_total) == (3, 3)
+        lines = drain(keeper, writer)
     finally:
         writer.close()
         os.close(keeper)
-    lines = drained.decode().splitlines()
-    assert any("log lines were dropped while the logging pipe was full" in x for x in lines)
-    kept = [x for x in lines if x.startswith("m")]
-    assert kept == sorted(kept) and len(kept) + writer.dropped_total - (
-        written - sum(1 for x in lines if x == big)) >= 3
+    assert sum(1 for x in lines if x.startswith("xxx")) == written  # none lost
+    assert [x for x in lines if x.startswith("m")] == ["m0", "m1"]
+    notices = [x for x in lines if "dropped" in x]
+    assert len(notices) == 1 and " 3 main log lines dropped between " in notices[0]
+    assert lines[-1] == notices[0]  # after what waited, not before it
+    assert (writer.dropped, writer.dropped_total) == (0, 3)
+
+
+def test_a_long_stall_costs_one_notice_and_a_bounded_queue(tmp_path: Path) -> None:
+    fifo = str(tmp_path / "f")
+    keeper = create_pipe(fifo)
+    writer = LogLineWriter(fifo, max_buffered=3)
+    try:
+        fill_pipe(writer)
+        for i in range(10_000):
+            writer.write(f"line {i}")
+            assert len(writer.pending) <= 3
+        assert writer.dropped_total == 10_000 - 2
+        lines = drain(keeper, writer)
+        fill_pipe(writer)  # a second stall: its own notice
+        for word in ("kept", "kept", "dropped"):
+            writer.write(word)
+        lines += drain(keeper, writer)
+    finally:
+        writer.close()
+        os.close(keeper)
+    notices = [x for x in lines if "lines dropped between" in x]
+    assert len(notices) == 2
+    assert " 9998 log lines dropped " in notices[0] and " 1 log lines dropped " in notices[1]
+    assert writer.dropped_total == 9_999
+
+
+def test_access_log_drops_are_reported_in_the_main_log(tmp_path: Path) -> None:
+    main_keeper = create_pipe(str(tmp_path / "main"))
+    access_keeper = create_pipe(str(tmp_path / "access"))
+    main = LogLineWriter(str(tmp_path / "main"), name="main log")
+    access = LogLineWriter(str(tmp_path / "access"), max_buffered=2, name="access log",
+                           notices=main)
+    try:
+        fill_pipe(access)
+        for i in range(7):
+            access.write(f"GET /{i}")
+        access_lines = drain(access_keeper, access)
+        main_lines = drain(main_keeper, main)
+    finally:
+        main.close()
+        access.close()
+        os.close(main_keeper)
+        os.close(access_keeper)
+    assert not [x for x in access_lines if "dropped" in x]  # access log stays parseable
+    assert [x for x in access_lines if x.startswith("GET")] == ["GET /0"]
+    assert len(main_lines) == 1 and " 6 access log lines dropped between " in main_lines[0]
+    assert access.dropped_total == 6

@@ -73,8 +73,10 @@ def format_pool(pool: dict[str, Any], header: bool = True) -> str:
                f"App groups    : {len(pool['groups'])}\n"
                f"Processes     : {pool['process_count']}\n"
                f"Requests in top-level queue : {pool['requests_in_top_level_queue']}\n")
-    if pool.get("log_lines_dropped"):
-        out.append(f"Log lines dropped : {pool['log_lines_dropped']}\n")
+    drops = pool.get("log_lines_dropped") or {}
+    if isinstance(drops, dict) and any(drops.values()):
+        out.append("Log lines dropped : " + ", ".join(
+            f"{n} ({writer})" for writer, n in drops.items() if n) + "\n")
     out.append("\n----------- Application groups -----------\n")
     for group in pool["groups"]:
         out.append(f"{group['name']}:\n  App root: {group['app_root']}\n")

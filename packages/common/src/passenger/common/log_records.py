@@ -12,8 +12,8 @@ pipe into the file with splice(2), so a line is either still in the pipe or alre
 the file. A `kill -9` of the logging agent can then neither lose nor duplicate a line.
 
 Writers never block: `LogLineWriter` keeps lines in a bounded buffer while the pipe is
-full, and counts what overflows. The watchdog keeps each pipe open for its lifetime, so
-lines written while the logging agent restarts wait in the pipe.
+full, and counts what overflows (one notice a stall). The watchdog keeps each pipe open
+for its lifetime, so lines written while the logging agent restarts wait in the pipe.
 """
 
 from __future__ import annotations
@@ -80,32 +80,44 @@ def create_pipe(path: str) -> int:
 
 
 class LogLineWriter:
-    """Non-blocking writer of lines to a logging pipe, with a bounded buffer."""
+    """Non-blocking writer of lines to a logging pipe, with a bounded buffer.
 
-    def __init__(self, fifo_path: str, max_buffered: int = 10_000) -> None:
+    While the pipe is full (the logging agent stalled, or is restarting), lines wait here
+    up to `max_buffered` writes; beyond that each is counted and dropped. Once what waits
+    has gone out, one notice says how many were dropped and between when ("N lines
+    dropped between T1 and T2"), in this log or, for the access log, in `notices` (the
+    main log): one line per stall, never one per dropped line.
+    """
+
+    def __init__(self, fifo_path: str, max_buffered: int = 10_000, name: str = "log",
+                 notices: LogLineWriter | None = None) -> None:
         self.fifo_path = fifo_path
         self.pending: collections.deque[bytes] = collections.deque()
         self.max_buffered = max_buffered
-        self.dropped = 0          # since the last report in the log
+        self.name = name
+        self.notices = notices
+        self.dropped = 0          # in the current stall
         self.dropped_total = 0    # for passenger-status
+        self.stall_began = 0.0    # when the current stall's first line was dropped
+        self.stall_ended = 0.0    # when its last line was dropped
         self._fd = -1
 
     def write(self, text: str) -> None:
         for data in frame_lines(text):
-            if len(self.pending) >= self.max_buffered:
-                self.dropped += 1
-                self.dropped_total += 1
-            else:
+            if len(self.pending) < self.max_buffered:
                 self.pending.append(data)
+                continue
+            now = time.time()
+            if not self.dropped:
+                self.stall_began = now
+            self.stall_ended = now
+            self.dropped += 1
+            self.dropped_total += 1
         self.flush()
 
     def flush(self) -> bool:
-        """Deliver what is buffered; returns True when nothing is left."""
-        if self.dropped and self._ensure_open():
-            dropped, self.dropped = self.dropped, 0
-            self.pending.appendleft(frame_lines(agent_line(
-                "W", os.getpid(), "log", f"{dropped} log lines were dropped while the "
-                                         f"logging pipe was full"))[0])
+        """Deliver what is buffered (then the notice of a stall); returns True when
+        nothing is left."""
         while self.pending and self._ensure_open():
             try:
                 os.write(self._fd, self.pending[0])
@@ -117,7 +129,20 @@ class LogLineWriter:
                 self._close()
                 return False
             self.pending.popleft()
+        if not self.pending and self.dropped:
+            self._report_stall()
         return not self.pending
+
+    def _report_stall(self) -> None:
+        dropped, self.dropped = self.dropped, 0
+        notice = agent_line("W", os.getpid(), "log", (
+            f"{dropped} {self.name} lines dropped between {timestamp(self.stall_began)} "
+            f"and {timestamp(self.stall_ended)}: the logging agent was not reading "
+            f"(stopped, restarting, or slower than the server)"))
+        target = self.notices or self
+        target.pending.extend(frame_lines(notice))  # one line a stall: past the bound
+        if target is not self:
+            target.flush()
 
     def _ensure_open(self) -> bool:
         if self._fd >= 0:

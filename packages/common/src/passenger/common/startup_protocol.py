@@ -2,7 +2,8 @@
 
 Parent -> child: the child's stdin (an anonymous pipe) carries one JSON document on one
 line. The parent keeps the pipe open afterwards: EOF on it later means the parent is gone
-(the lifeline), and the child must exit.
+(the lifeline), and the child must exit. Later JSON lines on it are notes from the
+parent (the watchdog tells the helper agent how many of its log lines it dropped).
 
 Child -> parent: an inherited pipe whose fd number is in the document as `feedback_fd`
 carries one JSON line::

@@ -1,9 +1,12 @@
 """The pages the server itself answers with: plain error pages, and the spawn error page
-(detailed with friendly error pages on, undisclosed otherwise, as Passenger)."""
+(detailed with friendly error pages on, undisclosed otherwise, as Passenger). Unlike
+Passenger's, the detailed page shows only the variables we set for the app, never the
+server's own environment, and masks any whose name looks secret."""
 
 from __future__ import annotations
 
 import html
+import re
 import time
 from collections.abc import Mapping
 
@@ -51,6 +54,14 @@ def error_response(status: int, page: str, close: bool, head_only: bool = False,
     return head + b"\r\n" + (b"" if head_only else body)
 
 
+SECRET_NAME = re.compile(r"SECRET|KEY|TOKEN|PASSWORD|PASS|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def masked(name: str, value: str) -> str:
+    """A variable whose name looks secret is shown without its value."""
+    return "********" if SECRET_NAME.search(name) else value
+
+
 def spawn_error_page(app_root: str, message: str, output: list[str],
                      environment: Mapping[str, str], friendly: bool) -> str:
     if not friendly:
@@ -58,8 +69,8 @@ def spawn_error_page(app_root: str, message: str, output: list[str],
                 "</title></head><body><h1>We're sorry, but something went wrong.</h1>"
                 "<p>The issue has been logged for investigation. Please try again later.</p>"
                 "</body></html>\n")
-    env_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-                       for k, v in sorted(environment.items()))
+    env_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(masked(k, v))}</td>"
+                       f"</tr>" for k, v in sorted(environment.items()))
     out = html.escape("\n".join(output)) or "(no output)"
     return (
         "<!DOCTYPE html>\n<html><head><title>Web application could not be started</title>"

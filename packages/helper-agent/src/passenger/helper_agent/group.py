@@ -465,7 +465,7 @@ class Group:
         if self.active():
             return  # queued requests will be served by the processes that are there
         page = spawn_error_page(self.app_root, str(exc), exc.output,
-                                self.spawner.app_environment(),
+                                self.spawner.app_variables(),
                                 self.config.shows_friendly_error_pages)
         self.failed_spawn_page = page
         while self.queue:

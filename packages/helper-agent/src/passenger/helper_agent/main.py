@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -39,8 +40,9 @@ class HelperAgent:
         self.instance = InstanceDir(Path(str(doc["instance_dir"])))
         self.listen_fd = int(doc["listen_fd"])  # type: ignore[call-overload]
         self.feedback_fd = int(doc["feedback_fd"])  # type: ignore[call-overload]
-        self.log_writer = LogLineWriter(str(self.instance.logging_fifo))
+        self.log_writer = LogLineWriter(str(self.instance.logging_fifo), name="main log")
         self.stop_reason = ""
+        self.notes = b""  # a partial note line from the watchdog
         self.stopped: asyncio.Event | None = None
 
     def configure_logging(self) -> None:
@@ -51,10 +53,11 @@ class HelperAgent:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.stopped = asyncio.Event()
-        access_log = (LogLineWriter(str(self.instance.access_fifo))
+        access_log = (LogLineWriter(str(self.instance.access_fifo), name="access log",
+                                    notices=self.log_writer)
                       if self.config.access_log else None)
         pool = Pool(self.config, self.instance.apps_dir, self.log_writer,
-                    self.instance.name)
+                    self.instance.name, access_log)
         for stale in self.instance.apps_dir.glob("wsgi.*"):
             stale.unlink(missing_ok=True)
         os.chmod(self.instance.apps_dir, 0o700)  # app sockets: ours alone (see Spawner)
@@ -75,7 +78,7 @@ class HelperAgent:
             os.umask(old_umask)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, f"signal {sig.name}")
-        loop.add_reader(sys.stdin.fileno(), self._check_lifeline)
+        loop.add_reader(sys.stdin.fileno(), self._check_lifeline, pool)
         flusher = loop.create_task(self._flush_logs(access_log))
         pool.start()
         report_ready(self.feedback_fd, admin_socket=admin_path, pid=os.getpid())
@@ -112,10 +115,21 @@ class HelperAgent:
             self.stop_reason = reason
             self.stopped.set()
 
-    def _check_lifeline(self) -> None:
-        if not os.read(sys.stdin.fileno(), 4096):
+    def _check_lifeline(self, pool: Pool) -> None:
+        """EOF: the watchdog is gone. A line: a note from it (see startup_protocol)."""
+        data = os.read(sys.stdin.fileno(), 4096)
+        if not data:
             asyncio.get_running_loop().remove_reader(sys.stdin.fileno())
             self._request_stop("lifeline")
+            return
+        self.notes += data
+        *lines, self.notes = self.notes.split(b"\n")
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                note = json.loads(line)
+                dropped = note.get("watchdog_log_lines_dropped") if isinstance(note, dict) else None
+                if isinstance(dropped, int):
+                    pool.watchdog_log_lines_dropped = dropped
 
     async def _flush_logs(self, access_log: LogLineWriter | None) -> None:
         """Deliver lines buffered while a logging pipe was full."""

@@ -31,12 +31,14 @@ UPKEEP_INTERVAL = 1.0
 
 class Pool:
     def __init__(self, config: ServerConfig, apps_dir: Path, log_writer: LogLineWriter,
-                 instance_name: str) -> None:
+                 instance_name: str, access_log: LogLineWriter | None = None) -> None:
         self.config = config
         self.instance_name = instance_name
         self.max_pool_size = config.max_pool_size
         self.procfs = ProcFS()
         self.log_writer = log_writer
+        self.access_log = access_log
+        self.watchdog_log_lines_dropped = 0  # as the watchdog last told us
         self.groups = [
             Group(app_config, route, self,
                   make_spawner=lambda g: Spawner(g.config, apps_dir, log_writer, g))
@@ -190,9 +192,17 @@ class Pool:
             "process_count": sum(len(g["processes"]) for g in groups),
             "capacity_used": self.capacity_used(),
             "requests_in_top_level_queue": sum(len(g.queue) for g in self.waiting),
-            "log_lines_dropped": self.log_writer.dropped_total,
+            "log_lines_dropped": self.log_lines_dropped(),
             "groups": groups,
         }
+
+
+    def log_lines_dropped(self) -> dict[str, int]:
+        """Lines each log writer dropped while its logging pipe was full."""
+        return {"helper agent, main log": self.log_writer.dropped_total,
+                "helper agent, access log":
+                    self.access_log.dropped_total if self.access_log else 0,
+                "watchdog, main log": self.watchdog_log_lines_dropped}
 
 
 def reap_orphans() -> None:

@@ -110,13 +110,17 @@ class Spawner:
         self.stop_preloader("the app is restarting")
         self.warned_unsafe = False
 
-    def app_environment(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update(PASSENGER_APP_ENV=self.config.environment, WSGI_ENV=self.config.environment,
-                   PYTHONUNBUFFERED="1", IN_PASSENGER="1")
+    def app_variables(self) -> dict[str, str]:
+        """What we add to the app's environment (the rest is the server's own)."""
+        env = {"PASSENGER_APP_ENV": self.config.environment,
+               "WSGI_ENV": self.config.environment, "PYTHONUNBUFFERED": "1",
+               "IN_PASSENGER": "1"}
         if self.user is not None:
             env.update(self.user.environment())
         return env
+
+    def app_environment(self) -> dict[str, str]:
+        return {**os.environ, **self.app_variables()}
 
     def _as_user(self) -> dict[str, Any]:
         """Popen's arguments that start the process as the app's user."""

@@ -3,20 +3,29 @@
 Drains each logging pipe (main log, and the access log when configured) into its file;
 SIGHUP reopens the files (logrotate). Stops on SIGTERM after draining the pipes, or when
 its lifeline (stdin) closes.
+
+When a file cannot be written (a full disk), its lines wait in the pipe: we stop watching
+that pipe, say why on stderr at once, retry each second, and once it works again write
+what happened (the error, how long, how much waited) into the main log. Writers whose
+pipe filled meanwhile count what they dropped and say so themselves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
 import sys
+import time
 from types import FrameType
 
+from passenger.common.log_records import agent_line, timestamp
 from passenger.common.process_title import LOGGING_AGENT, set_title
 from passenger.common.startup_protocol import read_startup_document, report_error, report_ready
-from passenger.logging_agent.sinks import LogChannel
+from passenger.logging_agent.sinks import LogChannel, WriteFailure
 
+RETRY_INTERVAL = 1.0
 received: list[int] = []
 
 
@@ -32,25 +41,62 @@ def run(channels: list[LogChannel]) -> int:
     wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wakeup_w)  # a signal wakes select() at once
     sel.register(wakeup_r, selectors.EVENT_READ, "signal")
+    failing: dict[LogChannel, WriteFailure] = {}
+    notices: list[str] = []  # for the main log, once it can be written
+
+    def pump(channel: LogChannel) -> None:
+        channel.pump()
+        if channel.failure and channel not in failing:
+            failing[channel] = channel.failure
+            sel.unregister(channel.fifo_fd)  # readable until written: do not spin
+            print(f"PassengerLoggingAgent: cannot write {channel.file_path}: "
+                  f"{channel.failure.error}; its lines wait in the logging pipe, retrying "
+                  f"each second", file=sys.stderr, flush=True)
+        elif not channel.failure and channel in failing:
+            notices.append(recovery_notice(channel, failing.pop(channel)))
+            sel.register(channel.fifo_fd, selectors.EVENT_READ, channel)
+        if notices and channels[0] not in failing and channel is channels[0]:
+            with contextlib.suppress(OSError):  # if it fails now, the next pump says so
+                while notices:
+                    channels[0].write_line(notices[0])
+                    notices.pop(0)
+
     while True:
-        for key, _ in sel.select(timeout=5.0):
+        for key, _ in sel.select(timeout=RETRY_INTERVAL if failing else 5.0):
             if isinstance(key.data, LogChannel):
-                key.data.pump()
+                pump(key.data)
             elif key.data == "signal":
                 os.read(wakeup_r, 4096)
             elif not os.read(key.fd, 4096):
                 sel.unregister(key.fd)
                 received.append(signal.SIGTERM)  # lifeline closed: the watchdog is gone
+        for channel in list(failing):
+            pump(channel)
+        if notices and channels[0] not in failing:
+            pump(channels[0])
         while received:
             if received.pop(0) == signal.SIGHUP:
                 for channel in channels:
-                    channel.pump()
-                    channel.reopen()
+                    pump(channel)
+                    try:
+                        channel.reopen()
+                    except OSError as exc:  # keep writing the old file
+                        print(f"PassengerLoggingAgent: cannot reopen {channel.file_path} "
+                              f"(still writing the file opened before): {exc.strerror}",
+                              file=sys.stderr, flush=True)
                 continue
             for channel in channels:
-                channel.pump()
+                pump(channel)
                 channel.close()
             return 0
+
+
+def recovery_notice(channel: LogChannel, failure: WriteFailure) -> str:
+    return agent_line("W", os.getpid(), "logging", (
+        f"could not write {channel.file_path} from {timestamp(failure.began)} to "
+        f"{timestamp(time.time())}: {failure.error} ({failure.attempts} attempts); up to "
+        f"{failure.most_waiting} bytes of log lines waited in the logging pipe meanwhile, "
+        f"and are written now (lines that did not fit are counted by their writers)"))
 
 
 def main() -> None:

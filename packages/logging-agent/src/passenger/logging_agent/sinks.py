@@ -1,9 +1,18 @@
 """A log channel: one named pipe drained into one file with splice(2), so a line is always
-either in the pipe or in the file (see `passenger.common.log_records`)."""
+either in the pipe or in the file (see `passenger.common.log_records`).
+
+A write error (a full disk, a quota, an I/O error) leaves the unwritten lines in the pipe:
+the channel records the failure and the agent retries it each second (see main), so
+nothing is lost that the pipe could hold, and the agent never exits over it.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import os
+import termios
+import time
 from typing import BinaryIO
 
 from passenger.common import safe_files
@@ -19,6 +28,16 @@ def open_log_file(path: str) -> int:
     return fd
 
 
+@dataclasses.dataclass
+class WriteFailure:
+    """A spell during which the file could not be written."""
+
+    error: str               # the first error, e.g. "No space left on device"
+    began: float
+    attempts: int = 1        # failed writes, retries included
+    most_waiting: int = 0    # most bytes seen waiting in the pipe meanwhile
+
+
 class LogChannel:
     def __init__(self, fifo_path: str, file_path: str, echo: BinaryIO | None = None) -> None:
         self.fifo_path = fifo_path
@@ -26,24 +45,48 @@ class LogChannel:
         self.file_fd = open_log_file(file_path)
         self.fifo_fd = os.open(fifo_path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         self.echo = echo
+        self.failure: WriteFailure | None = None
 
     def pump(self) -> int:
-        """Move everything the pipe holds into the file; returns the bytes moved."""
+        """Move everything the pipe holds into the file; returns the bytes moved. A
+        write error is recorded in `failure` (cleared by the next pump that works)."""
         moved = 0
-        if os.fstat(self.file_fd).st_size < os.lseek(self.file_fd, 0, os.SEEK_CUR):
-            os.lseek(self.file_fd, 0, os.SEEK_END)  # truncated (copytruncate): no hole
-        while True:
-            start = os.lseek(self.file_fd, 0, os.SEEK_CUR)
-            try:
-                n = os.splice(self.fifo_fd, self.file_fd, SPLICE_CHUNK,
-                              flags=os.SPLICE_F_NONBLOCK)
-            except BlockingIOError:
-                return moved
-            if n == 0:
-                return moved
-            moved += n
-            if self.echo is not None:
-                self._echo(os.pread(self.file_fd, n, start))
+        try:
+            if os.fstat(self.file_fd).st_size < os.lseek(self.file_fd, 0, os.SEEK_CUR):
+                os.lseek(self.file_fd, 0, os.SEEK_END)  # truncated (copytruncate): no hole
+            while True:
+                start = os.lseek(self.file_fd, 0, os.SEEK_CUR)
+                try:
+                    n = os.splice(self.fifo_fd, self.file_fd, SPLICE_CHUNK,
+                                  flags=os.SPLICE_F_NONBLOCK)
+                except BlockingIOError:
+                    break
+                if n == 0:
+                    break
+                moved += n
+                if self.echo is not None:
+                    self._echo(os.pread(self.file_fd, n, start))
+        except OSError as exc:
+            if self.failure is None:
+                self.failure = WriteFailure(exc.strerror or str(exc), time.time())
+            else:
+                self.failure.attempts += 1
+            self.failure.most_waiting = max(self.failure.most_waiting, self.waiting_bytes())
+            return moved
+        self.failure = None
+        return moved
+
+    def waiting_bytes(self) -> int:
+        try:
+            buf = fcntl.ioctl(self.fifo_fd, termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return 0
+        return int.from_bytes(buf, "little")
+
+    def write_line(self, line: str) -> None:
+        """A line of our own, between what the pipe delivers (which ends in whole lines
+        once the pipe is drained)."""
+        os.write(self.file_fd, line.encode() + b"\n")
 
     def _echo(self, data: bytes) -> None:
         try:

@@ -108,6 +108,18 @@ class AgentProcess:
             self.change_state(AgentState.RUNNING)
         log.debug("%s online, PID %d", self.name, self.pid)
 
+    def tell(self, note: dict[str, object]) -> bool:
+        """Send a note on the agent's stdin after its startup document (see
+        startup_protocol); False if the agent is not running to read it."""
+        if self.state is not AgentState.RUNNING or not self.popen or not self.popen.stdin:
+            return False
+        try:
+            self.popen.stdin.write(encode_document(note))
+            self.popen.stdin.flush()
+        except (OSError, ValueError):
+            return False
+        return True
+
     def _watch_exit(self) -> None:
         loop = asyncio.get_running_loop()
         assert self.popen is not None

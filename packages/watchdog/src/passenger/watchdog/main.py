@@ -32,6 +32,7 @@ from passenger.watchdog.supervisor import Supervisor
 
 log = logging.getLogger("passenger.watchdog.main")
 LOGGING_STOP_TIMEOUT = 5.0
+LOG_FLUSH_INTERVAL = 1.0
 HELPER_STOP_EXTRA = 10.0  # beyond --graceful-timeout, for stopping the app processes
 
 
@@ -86,7 +87,8 @@ class Reporter:
 
 class Watchdog:
     def __init__(self, config: ServerConfig, listener: socket.socket,
-                 instance: OwnedInstanceDir, reporter: Reporter) -> None:
+                 instance: OwnedInstanceDir, reporter: Reporter,
+                 log_writer: LogLineWriter) -> None:
         self.config = config
         self.listener = listener
         self.instance = instance
@@ -99,21 +101,15 @@ class Watchdog:
         self.logging_agent = AgentProcess(
             "PassengerLoggingAgent", find_executable("PassengerLoggingAgent"),
             lambda: {"channels": channels})
-        helper_agent = AgentProcess(
+        self.helper_agent = helper_agent = AgentProcess(
             "PassengerHelperAgent", find_executable("PassengerHelperAgent"),
             lambda: {"config": config.to_json(), "instance_dir": str(instance.path),
                      "listen_fd": listener.fileno()},
             pass_fds=(listener.fileno(),))
-        self.supervisor = Supervisor([self.logging_agent, helper_agent],
-                                     on_fatal=self._on_fatal)
-        self.fatal_error = ""
+        self.supervisor = Supervisor([self.logging_agent, helper_agent])
+        self.log_writer = log_writer
         self.stop_requests = 0
         self.stop_event: asyncio.Event | None = None
-
-    def _on_fatal(self, message: str) -> None:
-        self.fatal_error = message
-        if self.stop_event is not None:
-            self.stop_event.set()
 
     def _on_stop_signal(self, signame: str) -> None:
         self.stop_requests += 1
@@ -144,14 +140,27 @@ class Watchdog:
             return 1
         self.instance.finalize()
         self.reporter.ready(self.banner())
+        flusher = loop.create_task(self._flush_log())
         await self.stop_event.wait()
-        if self.fatal_error:
-            log.error("%s; stopping", self.fatal_error)
-            print(f"*** ERROR: {self.fatal_error}; stopping", file=sys.stderr, flush=True)
+        flusher.cancel()
         await self.supervisor.stop_all({
             "PassengerHelperAgent": self.config.graceful_timeout + HELPER_STOP_EXTRA,
             "PassengerLoggingAgent": LOGGING_STOP_TIMEOUT})
-        return 1 if self.fatal_error else 0
+        return 0
+
+    async def _flush_log(self) -> None:
+        """Deliver our log lines held while the logging pipe was full, and tell the
+        helper agent how many we dropped (passenger-status shows it)."""
+        told = (0, 0)
+        while True:
+            await asyncio.sleep(LOG_FLUSH_INTERVAL)
+            writer = self.log_writer
+            if writer.pending or writer.dropped:
+                writer.flush()
+            news = (writer.dropped_total, self.helper_agent.pid)
+            if writer.dropped_total and news != told and self.helper_agent.tell(
+                    {"watchdog_log_lines_dropped": writer.dropped_total}):
+                told = news
 
     def banner(self) -> str:
         return "\n".join([
@@ -205,7 +214,8 @@ def main() -> None:
     logging.getLogger().setLevel(config.log_level.upper())
     loop = asyncio.new_event_loop()
     try:
-        code = loop.run_until_complete(Watchdog(config, listener, instance, reporter).run())
+        code = loop.run_until_complete(Watchdog(config, listener, instance, reporter,
+                                                        writer).run())
     finally:
         with contextlib.suppress(Exception):
             writer.close()

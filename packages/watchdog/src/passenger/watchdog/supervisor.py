@@ -1,5 +1,6 @@
 """Keeps the agents running: starts them in order, restarts one that dies (backing off when
-it crash-loops), and stops them in reverse order."""
+it crash-loops, also when a restart itself fails), and stops them in reverse order. Only
+a failure while the server starts stops the server."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable
 
 from passenger.common.exit_status import describe_exit
 from passenger.watchdog.agent_process import AgentProcess, AgentStartupError
@@ -34,11 +34,10 @@ class RestartPolicy:
 
 
 class Supervisor:
-    def __init__(self, agents: list[AgentProcess], on_fatal: Callable[[str], None]) -> None:
+    def __init__(self, agents: list[AgentProcess]) -> None:
         self.agents = agents  # in start order
         self.policies = {agent.name: RestartPolicy() for agent in agents}
         self.stopping = False
-        self.on_fatal = on_fatal
         self._restart_tasks: set[asyncio.Task[None]] = set()
         for agent in agents:
             agent.on_exit = self._on_exit
@@ -71,10 +70,10 @@ class Supervisor:
         try:
             await agent.start()
         except AgentStartupError as exc:
-            if exc.reported:  # bad configuration: retrying cannot help
-                self.on_fatal(str(exc))
-            else:
-                self._schedule_restart(agent, str(exc))
+            # It ran before, so its configuration is good: whatever it reports now (a
+            # stale socket it cannot remove, a full disk) may pass. Back off and retry;
+            # only a failure at the server's start stops the server.
+            self._schedule_restart(agent, f"{agent.name} failed to restart: {exc}")
         else:
             log.info("%s restarted, PID %d", agent.name, agent.pid)
 
