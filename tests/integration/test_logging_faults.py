@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support import INSTRUMENTED_APP, PassengerServer, RequestLoop, wait_for
+from support import INSTRUMENTED_APP, PassengerServer, wait_for
 
 DROP_NOTICE = re.compile(r"\d+ log \]: (\d+) access log lines dropped between ")
 REQUESTS = 40_000  # more than 1 MiB of pipe plus the helper agent's 10,000 buffered lines
@@ -45,7 +45,7 @@ def test_stalled_logging_agent_costs_one_notice_and_passenger_status_counts_the_
         finally:
             os.kill(logging_agent, signal.SIGCONT)
         assert ab.returncode == 0, ab.stdout + ab.stderr
-        assert re.search(r"Complete requests:\s+%d\b" % REQUESTS, ab.stdout), ab.stdout
+        assert re.search(rf"Complete requests:\s+{REQUESTS}\b", ab.stdout), ab.stdout
         assert re.search(r"Failed requests:\s+0\b", ab.stdout), ab.stdout
         assert during == 200  # requests never waited for the logging agent
         wait_for(lambda: DROP_NOTICE.search(server.log()), 10, message="the drop notice")
