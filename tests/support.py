@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import os
+import pwd
 import select
 import shutil
 import signal
@@ -32,7 +33,13 @@ PASSENGER_TITLES = ("PassengerWatchdog", "PassengerHelperAgent", "PassengerLoggi
 def as_nobody(fn: Callable[[], str], timeout: float = 20.0) -> str:
     """fn() in a forked child that (when we are root) first drops to nobody, as an
     ordinary user would run it: root reads mode-000 files, so only a real privilege drop
-    shows EACCES. No exec: our venv may be out of nobody's reach. Bounded; always reaped."""
+    shows EACCES."""
+    return as_user(fn, 65534, 65534, timeout)
+
+
+def as_user(fn: Callable[[], str], uid: int, gid: int, timeout: float = 20.0) -> str:
+    """fn() in a forked child that (when we are root) first becomes uid/gid. No exec: our
+    venv may be out of that user's reach. Bounded; always reaped."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: never return into pytest
@@ -41,8 +48,8 @@ def as_nobody(fn: Callable[[], str], timeout: float = 20.0) -> str:
             os.close(r)
             if os.geteuid() == 0:
                 os.setgroups([])
-                os.setresgid(65534, 65534, 65534)
-                os.setresuid(65534, 65534, 65534)
+                os.setresgid(gid, gid, gid)
+                os.setresuid(uid, uid, uid)
             os.write(w, fn().encode())
             status = 0
         except BaseException as exc:
@@ -65,6 +72,22 @@ def as_nobody(fn: Callable[[], str], timeout: float = 20.0) -> str:
             os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     return b"".join(chunks).decode()
+
+
+@contextlib.contextmanager
+def throwaway_user(prefix: str = "pt") -> Iterator[pwd.struct_passwd]:
+    """A new unprivileged user (root only) with a home dir, removed with its files and
+    processes afterwards, whatever happens."""
+    name = f"{prefix}{os.getpid() % 100000}{int(time.monotonic() * 1000) % 1000}"
+    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", "--user-group", name],
+                   check=True, capture_output=True, timeout=30)
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", name], check=False, timeout=10)
+        time.sleep(0.1)
+        subprocess.run(["userdel", "--remove", name], check=False, capture_output=True,
+                       timeout=30)
 
 
 def free_port() -> int:
@@ -151,6 +174,8 @@ class PassengerServer:
         self.registry = Path(tempfile.mkdtemp(prefix="pt.", dir="/tmp"))
         self.registry.chmod(0o755)  # an app process of another user may need to pass
         self.log_file = self.registry / "passenger.log"
+        self.pid_file = self.registry / "passenger.pid"
+        self.pass_file_options = True  # False: Passenger's defaults (files in the app dir)
         self.output_path = self.registry / "console.out"
         self.env = {**os.environ, "PASSENGER_INSTANCE_REGISTRY_DIR": str(self.registry),
                     **(env or {})}
@@ -163,14 +188,20 @@ class PassengerServer:
         self.output = open(self.output_path, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
             [str(BIN / "passenger"), "start", str(self.app_root), "--address", "127.0.0.1",
-             "--port", str(self.port), "--log-file", str(self.log_file),
-             "--pid-file", str(self.registry / "passenger.pid"), *self.args],
+             "--port", str(self.port), *self.file_options(), *self.args],
             stdout=self.output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=self.env, start_new_session=True)
         self.seen_pids.add(self.proc.pid)
         if wait_ready:
             wait_for(self._ready, timeout, interval=0.05, message="server answering")
         return self
+
+    def file_options(self) -> list[str]:
+        if not self.pass_file_options:
+            self.log_file = self.app_root / f"passenger.{self.port}.log"
+            self.pid_file = self.app_root / f"passenger.{self.port}.pid"
+            return []
+        return ["--log-file", str(self.log_file), "--pid-file", str(self.pid_file)]
 
     def _ready(self) -> bool:
         assert self.proc is not None

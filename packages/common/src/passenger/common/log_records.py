@@ -175,8 +175,11 @@ class LogLineHandler(logging.Handler):
             msg = record.getMessage()
             if record.exc_info:
                 msg += "\n" + logging.Formatter().formatException(record.exc_info)
-            self.writer.write(agent_line(LEVEL_LETTERS.get(record.levelno, "I"),
-                                         record.process or os.getpid(),
-                                         record.name.rsplit(".", 1)[-1], msg, record.created))
+            # Every line gets the header, so no line of a message (an app's output, a
+            # traceback) can pass for something else at the start of a line in the log.
+            level, pid = LEVEL_LETTERS.get(record.levelno, "I"), record.process or os.getpid()
+            source = record.name.rsplit(".", 1)[-1]
+            self.writer.write("\n".join(agent_line(level, pid, source, line, record.created)
+                                        for line in msg.split("\n")))
         except Exception:
             self.handleError(record)

@@ -54,7 +54,9 @@ def error_response(status: int, page: str, close: bool, head_only: bool = False,
     return head + b"\r\n" + (b"" if head_only else body)
 
 
-SECRET_NAME = re.compile(r"SECRET|KEY|TOKEN|PASSWORD|PASS|CREDENTIAL|AUTH", re.IGNORECASE)
+# Anywhere in the name, case-insensitive; PASSENGER_* is ours, not a password.
+SECRET_NAME = re.compile(r"SECRET|KEY|TOKEN|PASSWORD|PASS(?!ENGER)|CREDENTIAL|AUTH",
+                         re.IGNORECASE)
 
 
 def masked(name: str, value: str) -> str:
