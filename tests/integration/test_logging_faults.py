@@ -125,3 +125,42 @@ def test_full_disk_does_not_kill_the_logging_agent_and_nothing_is_lost(tmp_path:
             print(server.console())
         finally:
             server.stop()
+
+
+def test_every_agents_drops_show_in_passenger_status() -> None:
+    """With no lines held (PASSENGER_LOG_BUFFER_LINES=0) and the main log's pipe full, the
+    watchdog's own lines about a helper-agent restart are dropped: it counts them, tells
+    the new helper agent, and says so in the log once the logging agent is back."""
+    server = PassengerServer(INSTRUMENTED_APP, env={"PASSENGER_LOG_BUFFER_LINES": "0"})
+    server.start()
+    logging_agent = server.agent_pid("PassengerLoggingAgent")
+    try:
+        os.kill(logging_agent, signal.SIGSTOP)
+        try:
+            big = "y" * 4000
+            for _ in range(300):  # 1.2 MB of app output: more than the 1 MiB pipe holds
+                assert server.get(f"/print?line={big}")[0] == 200
+            helper = server.agent_pid("PassengerHelperAgent")
+            os.kill(helper, signal.SIGKILL)
+            wait_for(lambda: server.find_agent_pid("PassengerHelperAgent") not in (None, helper),
+                     10, message="a new helper agent")
+            wait_for(lambda: server.status()["log_lines_dropped"]["watchdog, main log"], 10,
+                     message="the watchdog's drops in the status")
+        finally:
+            os.kill(logging_agent, signal.SIGCONT)
+        time.sleep(2.5)  # caught up, and every writer has flushed its notice
+        assert server.get("/")[0] == 200
+        drops = server.status()["log_lines_dropped"]
+        text = server.run_tool("passenger-status").stdout
+        log = server.log()
+        helper = server.find_agent_pid("PassengerHelperAgent")
+        for writer, pid in (("watchdog, main log", server.watchdog_pid),
+                            ("helper agent, main log", helper)):
+            assert drops[writer] > 0, writer
+            assert f"{drops[writer]} ({writer})" in text
+            notices = re.findall(rf" {pid} log \]: (\d+) main log lines dropped ", log)
+            assert sum(map(int, notices)) == drops[writer], (writer, notices)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(logging_agent, signal.SIGCONT)
+        server.stop()

@@ -79,6 +79,18 @@ def create_pipe(path: str) -> int:
     return fd
 
 
+DEFAULT_BUFFERED_LINES = 10_000
+
+
+def buffered_lines_allowed() -> int:
+    """How many writes a writer holds while its pipe is full: 10,000 (a few MB at most),
+    or PASSENGER_LOG_BUFFER_LINES (0 and up) as the agents inherit it."""
+    try:
+        return max(0, int(os.environ.get("PASSENGER_LOG_BUFFER_LINES", "")))
+    except ValueError:
+        return DEFAULT_BUFFERED_LINES
+
+
 class LogLineWriter:
     """Non-blocking writer of lines to a logging pipe, with a bounded buffer.
 
@@ -86,14 +98,15 @@ class LogLineWriter:
     up to `max_buffered` writes; beyond that each is counted and dropped. Once what waits
     has gone out, one notice says how many were dropped and between when ("N lines
     dropped between T1 and T2"), in this log or, for the access log, in `notices` (the
-    main log): one line per stall, never one per dropped line.
+    main log): one line per stall, never one per dropped line, and never more than one
+    per flush (the agents flush once a second).
     """
 
-    def __init__(self, fifo_path: str, max_buffered: int = 10_000, name: str = "log",
+    def __init__(self, fifo_path: str, max_buffered: int | None = None, name: str = "log",
                  notices: LogLineWriter | None = None) -> None:
         self.fifo_path = fifo_path
         self.pending: collections.deque[bytes] = collections.deque()
-        self.max_buffered = max_buffered
+        self.max_buffered = buffered_lines_allowed() if max_buffered is None else max_buffered
         self.name = name
         self.notices = notices
         self.dropped = 0          # in the current stall
@@ -113,36 +126,45 @@ class LogLineWriter:
             self.stall_ended = now
             self.dropped += 1
             self.dropped_total += 1
-        self.flush()
+        self.flush(report=False)
 
-    def flush(self) -> bool:
-        """Deliver what is buffered (then the notice of a stall); returns True when
-        nothing is left."""
-        while self.pending and self._ensure_open():
-            try:
-                os.write(self._fd, self.pending[0])
-            except BlockingIOError:
-                return False
-            except OSError as exc:
-                if exc.errno not in (errno.EPIPE, errno.EBADF):
-                    raise
-                self._close()
-                return False
+    def flush(self, report: bool = True) -> bool:
+        """Deliver what is buffered, then (when `report`: the agents' once-a-second
+        flush) the notice of a stall; returns True when nothing is left."""
+        while self.pending and self._send(self.pending[0]):
             self.pending.popleft()
-        if not self.pending and self.dropped:
+        if report and not self.pending and self.dropped:
             self._report_stall()
         return not self.pending
 
+    def _send(self, data: bytes) -> bool:
+        """One atomic write, if the pipe takes it now."""
+        if not self._ensure_open():
+            return False
+        try:
+            os.write(self._fd, data)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.EBADF):
+                raise
+            self._close()
+            return False
+        return True
+
     def _report_stall(self) -> None:
-        dropped, self.dropped = self.dropped, 0
-        notice = agent_line("W", os.getpid(), "log", (
-            f"{dropped} {self.name} lines dropped between {timestamp(self.stall_began)} "
-            f"and {timestamp(self.stall_ended)}: the logging agent was not reading "
-            f"(stopped, restarting, or slower than the server)"))
-        target = self.notices or self
-        target.pending.extend(frame_lines(notice))  # one line a stall: past the bound
-        if target is not self:
-            target.flush()
+        """The stall is over once its notice is out (with nothing held, as when
+        max_buffered is 0, the notice itself finds out whether the pipe has room)."""
+        notice = frame_lines(agent_line("W", os.getpid(), "log", (
+            f"{self.dropped} {self.name} lines dropped between "
+            f"{timestamp(self.stall_began)} and {timestamp(self.stall_ended)}: the logging "
+            f"agent was not reading (stopped, restarting, or slower than the server)")))
+        if self.notices is not None:
+            self.notices.pending.extend(notice)  # one line a stall: past its bound
+            self.notices.flush()
+        elif not all(self._send(data) for data in notice):
+            return  # still full: the stall goes on, and its notice will count on
+        self.dropped = 0
 
     def _ensure_open(self) -> bool:
         if self._fd >= 0:

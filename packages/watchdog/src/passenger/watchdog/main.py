@@ -209,7 +209,7 @@ def main() -> None:
         reporter.error(str(exc))
         sys.exit(1)
     keepers = [create_pipe(str(instance.logging_fifo)), create_pipe(str(instance.access_fifo))]
-    writer = LogLineWriter(str(instance.logging_fifo))
+    writer = LogLineWriter(str(instance.logging_fifo), name="main log")
     logging.getLogger().handlers[:] = [LogLineHandler(writer)]
     logging.getLogger().setLevel(config.log_level.upper())
     loop = asyncio.new_event_loop()
