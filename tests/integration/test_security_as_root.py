@@ -349,7 +349,9 @@ def test_instance_dir_and_logs_are_not_world_readable(tmp_path: Path) -> None:
         assert instance is not None
         assert server.get("/")[0] == 200
         wait_for(lambda: (server.registry / "access.log").exists(), 5, message="access log")
-        for path, mode in ((instance, 0o750), (instance / "properties.json", 0o640),
+        files = ("properties.json", "lock", "watchdog.pid", "creation_finalized")
+        for path, mode in ((instance, 0o750), *((instance / name, 0o640) for name in files),
+                           (instance / "apps", 0o700), (instance / "buffers", 0o700),
                            (server.log_file, 0o640), (server.registry / "access.log", 0o640),
                            (instance / "admin.sock", 0o600)):
             st = os.lstat(path)

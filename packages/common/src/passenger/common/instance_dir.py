@@ -214,7 +214,7 @@ class OwnedInstanceDir(InstanceDir):
         return cls(path, lock_fd)
 
     def finalize(self) -> None:
-        (self.path / "creation_finalized").touch()
+        _write_new(self.path / "creation_finalized", "")
 
     def close_and_remove(self) -> None:
         self.remove()
