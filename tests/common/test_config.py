@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,19 @@ def test_bad_app_specs_are_named(tmp_path: Path, apps: list[object], message: st
     with pytest.raises(ConfigError) as err:
         resolve({"app_root": str(tmp_path), "apps": apps}, environ={})
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("plant", ["fifo", "device", "huge"])
+def test_a_passengerfile_that_is_not_a_small_regular_file_is_refused_at_once(
+        tmp_path: Path, plant: str) -> None:
+    """The app's owner must not make `passenger start` hang on a FIFO or read forever."""
+    path = tmp_path / "Passengerfile.json"
+    if plant == "fifo":
+        os.mkfifo(path)
+    elif plant == "device":
+        path.symlink_to("/dev/zero")
+    else:
+        path.write_text('{"port": 3001' + " " * (1 << 20) + "}")
+    with pytest.raises(ConfigError, match=r"Passengerfile\.json: cannot be read as JSON: "
+                                          r"(not a regular file|larger than 1048576 bytes)"):
+        resolve({"app_root": str(tmp_path)}, environ={})

@@ -176,6 +176,26 @@ def test_privileged_settings_in_the_owners_passengerfile_are_ignored(
         server.stop()
 
 
+def test_a_startup_file_linked_to_another_users_file_runs_as_the_app_owner(
+        owner: pwd.struct_passwd, other: pwd.struct_passwd, app_dir: Path) -> None:
+    """Otherwise the owner's modules, first on sys.path, would run as that other user."""
+    theirs = Path(other.pw_dir) / "wsgi.py"
+    shutil.copy(INSTRUMENTED_APP / "passenger_wsgi.py", theirs)
+    os.chown(theirs, other.pw_uid, other.pw_gid)
+    Path(other.pw_dir).chmod(0o755)
+    theirs.chmod(0o644)
+    (app_dir / "passenger_wsgi.py").unlink()
+    link = app_dir / "passenger_wsgi.py"
+    run_as(owner, lambda: os.symlink(theirs, link) or "")
+    server = server_for(app_dir)
+    server.start()
+    try:
+        pids = wait_for(lambda: server.app_pids(), 15, message="a process")
+        assert {psutil.Process(pid).username() for pid in pids} == {owner.pw_name}
+    finally:
+        server.stop()
+
+
 # -- 3. fake instances in the registry -------------------------------------------------
 
 def fake_instance(registry: Path, name: str, lock_is_fifo: bool = False) -> Path:

@@ -359,7 +359,7 @@ def read_passengerfile(app_root: str,
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(_read_regular_file(path, PASSENGERFILE_LIMIT))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot be read as JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -367,6 +367,24 @@ def read_passengerfile(app_root: str,
     if os.geteuid() == 0 and (st.st_uid != 0 or stat.S_ISLNK(st.st_mode)):
         _drop_privileged(data, path, warn or _warn)
     return data
+
+
+PASSENGERFILE_LIMIT = 1 << 20
+
+
+def _read_regular_file(path: Path, limit: int) -> str:
+    """Its text, if it is a regular file (a link to one will do) of at most `limit`
+    bytes: a FIFO or a device planted by the app's owner must not hang or flood us."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return data.decode()
 
 
 def _drop_privileged(data: dict[str, Any], path: Path, warn: Callable[[str], None]) -> None:

@@ -42,7 +42,9 @@ def app_user(config: ServerConfig) -> AppUser | None:
         owned = (config.app_root if config.app_start_command
                  else os.path.join(config.app_root, config.startup_file))
         try:
-            owner = os.stat(owned).st_uid
+            # The link's own owner if it is one: a link from the app dir to another
+            # user's file must not make the app (the owner's code) run as that user.
+            owner = os.lstat(owned).st_uid
             entry = pwd.getpwuid(owner)
         except (OSError, KeyError):
             entry = pwd.getpwnam(FALLBACK_USER)
