@@ -84,8 +84,12 @@ def throwaway_user(prefix: str = "pt") -> Iterator[pwd.struct_passwd]:
     try:
         yield pwd.getpwnam(name)
     finally:
-        subprocess.run(["pkill", "-KILL", "-u", name], check=False, timeout=10)
-        time.sleep(0.1)
+        theirs = [p for p in psutil.process_iter(["uids"])
+                  if p.info["uids"] and p.info["uids"].real == pwd.getpwnam(name).pw_uid]
+        for proc in theirs:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(theirs, timeout=5)
         subprocess.run(["userdel", "--remove", name], check=False, capture_output=True,
                        timeout=30)
 
