@@ -65,3 +65,33 @@ def test_user_option_and_unknown_user(app_dir: Path) -> None:
     assert bad.proc is not None and bad.proc.wait(15) == 1
     assert "--user: there is no user named 'no-such-user-here'" in bad.console()
     bad.stop()
+
+
+def test_start_refuses_when_the_apps_user_cannot_read_the_app(app_dir: Path) -> None:
+    """Not a healthy banner over a 500 on every request: one line naming user and path."""
+    app_dir.chmod(0o700)  # root's, so the app runs as nobody, who cannot enter it
+    bad = PassengerServer(app_dir, "--python", SYSTEM_PYTHON, ask_root=False)
+    bad.start(wait_ready=False)
+    try:
+        assert bad.proc is not None and bad.proc.wait(20) == 1
+        console = bad.console()
+        assert (f"user nobody (who runs the app) cannot read {app_dir}/passenger_wsgi.py"
+                in console), console
+        assert "Permission denied" in console
+    finally:
+        bad.stop()
+
+
+def test_start_refuses_when_the_apps_user_cannot_run_the_interpreter(
+        app_dir: Path, tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    python = private / "python3"
+    python.symlink_to(SYSTEM_PYTHON)
+    bad = PassengerServer(app_dir, "--python", str(python), ask_root=False)
+    bad.start(wait_ready=False)
+    try:
+        assert bad.proc is not None and bad.proc.wait(20) == 1
+        assert f"user nobody (who runs the app) cannot run {python}" in bad.console()
+    finally:
+        bad.stop()

@@ -80,6 +80,10 @@ class HelperAgent:
             loop.add_signal_handler(sig, self._request_stop, f"signal {sig.name}")
         loop.add_reader(sys.stdin.fileno(), self._check_lifeline, pool)
         flusher = loop.create_task(self._flush_logs(access_log))
+        problems = [why for group in pool.groups if (why := group.spawner.preflight())]
+        if problems:
+            report_error(self.feedback_fd, problems[0])
+            return 1
         pool.start()
         report_ready(self.feedback_fd, admin_socket=admin_path, pid=os.getpid())
         log.info("Helper agent online, PID %d, serving %s (event loop: %s)", os.getpid(),

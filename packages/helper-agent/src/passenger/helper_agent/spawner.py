@@ -136,6 +136,36 @@ class Spawner:
                     f"read the app; see --user)")
         return SpawnError(f"cannot start {self.config.python}: {exc}{hint}", [])
 
+    def preflight(self) -> str:
+        """Why no process of this app could ever start ("" if one may): checked before
+        the server reports ready, so `passenger start` refuses with that line instead
+        of a healthy banner over a 500 on every request."""
+        if self.config.app_start_command:
+            return ""
+        startup = os.path.join(self.config.app_root, self.config.startup_file)
+        if not os.path.isfile(startup):
+            return (f"{self.config.app_root} has no {self.config.startup_file} (a WSGI app's "
+                    f"startup file; see --startup-file), and no --app-start-command was "
+                    f"given: there is nothing to serve")
+        if self.user is None:
+            return ""
+        # As the app's user: can it run the interpreter, and read the startup file?
+        try:
+            check = subprocess.run(
+                [self.config.python, "-c", "import sys; open(sys.argv[1], 'rb').close()",
+                 startup], capture_output=True, text=True, timeout=30, cwd="/",
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, **self._as_user())
+        except PermissionError:
+            return (f"user {self.user.name} (who runs the app) cannot run "
+                    f"{self.config.python}; see --user and --python")
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"cannot run {self.config.python} as user {self.user.name}: {exc}"
+        if check.returncode != 0:
+            last = (check.stderr.strip().splitlines() or ["no output"])[-1]
+            return (f"user {self.user.name} (who runs the app) cannot read {startup} with "
+                    f"{self.config.python}: {last}; see --user")
+        return ""
+
     async def spawn(self) -> AppProcess:
         if self.config.app_start_command:
             return await self._spawn_generic()
