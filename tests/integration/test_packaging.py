@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import venv
 from pathlib import Path
@@ -43,3 +44,20 @@ def test_agent_installs_alone(tmp_path: Path, agent: str, script: str,
                             timeout=30, check=False, env={**os.environ, "PYTHONPATH": ""})
     assert result.returncode != 0
     assert b"no startup document on stdin" in result.stderr
+
+
+def readme_commands() -> list[str]:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    return re.findall(r"```sh\n(.+?)\n```", readme)
+
+
+def test_ci_runs_exactly_the_readmes_test_command() -> None:
+    """The second sh block is the test command; .ci/run must contain it verbatim, and
+    both README commands use the same virtualenv (PEP 668: no system-wide pip)."""
+    quick_start, test_command = readme_commands()[:2]
+    ci = (Path(__file__).parents[2] / ".ci" / "run").read_text()
+    assert test_command in ci.splitlines()
+    assert "tox -r" in test_command
+    for command in (quick_start, test_command):
+        assert command.startswith("python3 -m venv .venv && .venv/bin/pip install")
+        assert "python3 -m pip" not in command

@@ -34,8 +34,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from docopt import DocoptExit, docopt
-
+from passenger.cli.command_line import entry_point, parse
 from passenger.cli.instances import NoInstance, describe, live_instances, select_instance
 from passenger.cli.terminal import protect_output
 from passenger.common import VERSION
@@ -119,13 +118,10 @@ def restart_app(args: dict[str, Any]) -> None:
         print(f"Restarting {name}")
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     protect_output()
-    try:
-        args = docopt(__doc__, argv=argv, version=f"Passenger {VERSION}")
-    except DocoptExit as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(2)
+    args = parse(__doc__ or "", argv, "passenger-config", version=f"Passenger {VERSION}")
     if args["list-instances"]:
         list_instances(args["--json"], verbose=bool(args["-v"]))
     elif args["reopen-logs"]:

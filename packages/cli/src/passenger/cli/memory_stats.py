@@ -287,9 +287,9 @@ def render_json(groups: Sequence[Group], now: datetime.datetime, euid: int) -> s
 def run(argv: Sequence[str], procfs: ProcFS | None = None, euid: int | None = None,
         tty: bool | None = None) -> str:
     """Parse the options, read /proc, return the report (the testable core of main)."""
-    import docopt  # here, so that importing this module for its functions stays cheap
+    from passenger.cli.command_line import parse  # here: importing this module stays cheap
 
-    args = docopt.docopt(USAGE, argv=list(argv), default_help=True)
+    args = parse(USAGE, argv, "passenger-memory-stats", default_help=True)
     specs = [spec for spec, shown in ((APACHE, not args["--no-apache"]),
                                       (NGINX, not args["--no-nginx"]),
                                       (PASSENGER, True)) if shown]
@@ -303,14 +303,13 @@ def run(argv: Sequence[str], procfs: ProcFS | None = None, euid: int | None = No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    report = run(sys.argv[1:] if argv is None else argv)
-    try:
+    from passenger.cli.command_line import entry_point
+
+    def show() -> int:
+        report = run(sys.argv[1:] if argv is None else argv)
         sys.stdout.write(printable(report))  # command lines are anyone's to choose
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # `passenger-memory-stats | head`: the reader left; no traceback for that.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
+        return 0
+    return int(entry_point(show)())
 
 
 if __name__ == "__main__":

@@ -21,8 +21,7 @@ import signal
 import sys
 import time
 
-from docopt import DocoptExit, docopt
-
+from passenger.cli.command_line import entry_point, parse
 from passenger.common import VERSION, pid_file
 from passenger.common.config import OPTIONS, ConfigError, ServerConfig, resolve
 from passenger.common.executables import find_executable
@@ -304,24 +303,18 @@ COMMANDS = {"start": (START_USAGE, start), "stop": (STOP_USAGE, stop),
             "status": (STATUS_USAGE, status)}
 
 
-def parse(usage: str, argv: list[str], **kwargs: object) -> dict[str, object]:
-    try:
-        return dict(docopt(usage, argv=argv, **kwargs))  # type: ignore[arg-type]
-    except DocoptExit as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(2)
-
-
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    top = parse(__doc__ or "", argv, version=f"Passenger {VERSION}", options_first=True)
+    top = parse(__doc__ or "", argv, "passenger", version=f"Passenger {VERSION}",
+                options_first=True)
     command = str(top["<command>"])
     if command not in COMMANDS:
         print(f"passenger: unknown command {command!r}; allowed: {', '.join(COMMANDS)}",
               file=sys.stderr)
         sys.exit(2)
     usage, run = COMMANDS[command]
-    run(parse(usage, argv))
+    run(parse(usage, argv, f"passenger {command}"))
 
 
 if __name__ == "__main__":

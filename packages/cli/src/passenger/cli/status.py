@@ -18,8 +18,7 @@ import sys
 import time
 from typing import Any
 
-from docopt import DocoptExit, docopt
-
+from passenger.cli.command_line import entry_point, parse
 from passenger.cli.instances import NoInstance, select_instance
 from passenger.cli.terminal import protect_output
 from passenger.common.admin_client import AdminError, request
@@ -95,13 +94,10 @@ def format_pool(pool: dict[str, Any], header: bool = True) -> str:
     return "".join(out)
 
 
+@entry_point
 def main(argv: list[str] | None = None) -> None:
     protect_output()
-    try:
-        args = docopt(__doc__, argv=argv)
-    except DocoptExit as exc:
-        print(exc, file=sys.stderr)
-        sys.exit(2)
+    args = parse(__doc__ or "", argv, "passenger-status")
     show = args["--show"] or "pool"
     if show not in SHOW_CHOICES:
         print(f"passenger-status: --show: {show!r} is not supported; allowed: "

@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -162,6 +163,12 @@ class Watchdog:
                     {"watchdog_log_lines_dropped": writer.dropped_total}):
                 told = news
 
+    def stop_command(self) -> str:
+        """One that works as printed, from any directory."""
+        if self.config.pid_file:
+            return f"passenger stop --pid-file {shlex.quote(self.config.default_pid_file())}"
+        return f"passenger stop {shlex.quote(self.config.app_root)} --port {self.config.port}"
+
     def banner(self) -> str:
         return "\n".join([
             "=============== Passenger Standalone web server started ===============",
@@ -171,7 +178,7 @@ class Watchdog:
             f"Accessible via: {self.config.listen_url}",
             f"Instance: {self.instance.name} ({self.instance.path})",
             "",
-            "Serving in the background as a daemon. Stop it with `passenger stop`."
+            f"Serving in the background as a daemon.\nShutdown with: {self.stop_command()}"
             if self.config.daemonize else
             "You can stop Passenger Standalone by pressing Ctrl-C.",
             "=======================================================================",
