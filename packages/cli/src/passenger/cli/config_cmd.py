@@ -6,6 +6,7 @@ Usage:
   passenger-config detach-process [--instance NAME] [--ignore-nonexistant-pid] <PID>
   passenger-config restart-app [--instance NAME] [--ignore-app-not-running]
                                [--rolling-restart] <APP_PATH_PREFIX>
+  passenger-config api-call [--instance NAME] [-d DATA] <METHOD> <PATH>
   passenger-config (-h | --help)
   passenger-config --version
 
@@ -18,9 +19,14 @@ Commands:
                     current directory): its processes shut down, fresh ones spawn.
                     With --rolling-restart, one process at a time, each only once its
                     successor is ready; if the new code fails, the old processes serve on.
+  api-call          Call the helper agent's admin API (for scripts): prints the JSON it
+                    answers; exit 1 with its error otherwise. Paths: /pool.json,
+                    /requests.json, /server.json, /backtraces.json, /ping.json (GET);
+                    /pool/detach_process.json, /pool/restart_app_group.json (POST).
 
 Options:
   --instance NAME   The Passenger instance to select (when several run).
+  -d DATA           With api-call: the request body, JSON.
   -v                With list-instances: also say which directories in the registry
                     were skipped, and why (not owned by root or you, writable by others).
 """
@@ -35,7 +41,13 @@ from pathlib import Path
 from typing import Any
 
 from passenger.cli.command_line import entry_point, parse
-from passenger.cli.instances import NoInstance, describe, live_instances, select_instance
+from passenger.cli.instances import (
+    NoInstance,
+    describe,
+    instances_table,
+    live_instances,
+    select_instance,
+)
 from passenger.cli.terminal import protect_output
 from passenger.common import VERSION
 from passenger.common.admin_client import AdminError, request
@@ -53,11 +65,7 @@ def list_instances(as_json: bool, verbose: bool = False) -> None:
     if not instances:
         print("There are no Passenger instances running.")
         return
-    print(f"{'Name':<10} {'PID':<8} Description")
-    print("-" * 60)
-    for inst in instances:
-        name, pid, desc = describe(inst)
-        print(f"{name:<10} {pid:<8} {desc}")
+    print(instances_table(instances))
 
 
 def _report_skipped(path: Path, why: str) -> None:
@@ -118,6 +126,31 @@ def restart_app(args: dict[str, Any]) -> None:
         print(f"Restarting {name}")
 
 
+def api_call(args: dict[str, Any]) -> None:
+    method = str(args["<METHOD>"]).upper()
+    if method not in ("GET", "POST", "PUT", "DELETE"):
+        print(f"passenger-config api-call: METHOD {args['<METHOD>']!r} is not one of GET, "
+              f"POST, PUT, DELETE", file=sys.stderr)
+        sys.exit(2)
+    path = str(args["<PATH>"])
+    if not path.startswith("/"):
+        path = "/" + path
+    body = None
+    if args["-d"] is not None:
+        try:
+            body = json.loads(args["-d"])
+        except ValueError as exc:
+            print(f"passenger-config api-call: -d: not JSON: {exc}", file=sys.stderr)
+            sys.exit(2)
+    instance = _instance(args["--instance"])
+    try:
+        result = request(instance.admin_socket, method, path, body, timeout=30)
+    except AdminError as exc:
+        print(f"passenger-config api-call: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(json.dumps(result, indent=2))
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> None:
     protect_output()
@@ -130,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         detach_process(args)
     elif args["restart-app"]:
         restart_app(args)
+    elif args["api-call"]:
+        api_call(args)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import tabulate
+
 from passenger.common.instance_dir import InstanceDir, list_instances, registry_dir
 
 
@@ -33,6 +35,20 @@ def describe(inst: InstanceDir) -> tuple[str, str, str]:
             f"on {props.get('listen')}")
 
 
+def instances_table(instances: list[InstanceDir]) -> str:
+    """Passenger's layout: Name in 27 columns, PID in 9, a rule under the header."""
+    tabulate.PRESERVE_WHITESPACE = True  # the padded headers set Passenger's widths
+    try:
+        table = tabulate.tabulate([describe(i) for i in instances],
+                                  headers=["Name".ljust(23), "PID".ljust(5), "Description"],
+                                  tablefmt="plain", disable_numparse=True)
+    finally:
+        tabulate.PRESERVE_WHITESPACE = False
+    header, *rows = table.splitlines()
+    width = max(74, *(len(line.rstrip()) for line in table.splitlines()))
+    return "\n".join([header.rstrip(), "-" * width, *(r.rstrip() for r in rows)])
+
+
 def select_instance(name_prefix: str | None) -> InstanceDir:
     instances = live_instances()
     if name_prefix:
@@ -46,10 +62,9 @@ def select_instance(name_prefix: str | None) -> InstanceDir:
                          f"{where}; if it was started with --instance-registry-dir, set "
                          f"PASSENGER_INSTANCE_REGISTRY_DIR to that directory)")
     if len(instances) > 1:
-        rows = "\n".join(f"{n:<10} {p:<8} {d}" for n, p, d in map(describe, instances))
-        raise NoInstance("It appears that multiple Passenger instances are running. "
-                         "Please select a specific one by running:\n\n"
+        raise NoInstance("It appears that multiple Passenger instances are running. Please\n"
+                         "select a specific one by running:\n\n"
                          f"  {sys.argv[0].rsplit('/', 1)[-1]} <NAME>\n\n"
                          f"The following Passenger instances are running:\n\n"
-                         f"{'Name':<10} {'PID':<8} Description\n{rows}")
+                         f"{instances_table(instances)}")
     return instances[0]

@@ -1,11 +1,14 @@
-"""passenger-status: the live pool of a running instance, in Passenger's layout.
+"""passenger-status: the live state of a running instance, in Passenger's layouts.
 
 Usage:
   passenger-status [options] [NAME]
 
 Options:
-  --show=WHAT       What to show: pool (the default, Passenger's text layout) or json
-                    (the live pool, machine-readable).
+  --show=WHAT       What to show: pool (the default, Passenger's text layout), json (the
+                    live pool), requests (JSON: the requests in flight and queued),
+                    server (JSON: the server as a whole), xml (Passenger's pool XML), or
+                    backtraces (every thread's stack in every WSGI app process).
+  --instance NAME   The instance to show (the same as NAME), when several run.
   --no-header       Do not display the header (version, date, instance).
   -v, --verbose     Show verbose information.
   -h, --help        Show this help.
@@ -20,27 +23,11 @@ from typing import Any
 
 from passenger.cli.command_line import entry_point, parse
 from passenger.cli.instances import NoInstance, select_instance
+from passenger.cli.pool_xml import duration, pool_xml
 from passenger.cli.terminal import protect_output
 from passenger.common.admin_client import AdminError, request
 
-SHOW_CHOICES = ("pool", "json")
-
-
-def duration(seconds: float) -> str:
-    """Passenger's style: `11s`, `4m 31s`, `2h 0m 5s`, `1d 3h 2m 0s`."""
-    total = max(0, int(seconds))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    parts = []
-    if days:
-        parts.append(f"{days}d")
-    if days or hours:
-        parts.append(f"{hours}h")
-    if days or hours or minutes:
-        parts.append(f"{minutes}m")
-    parts.append(f"{secs}s")
-    return " ".join(parts)
+SHOW_CHOICES = ("pool", "json", "requests", "server", "xml", "backtraces")
 
 
 def format_header(pool: dict[str, Any]) -> str:
@@ -94,6 +81,23 @@ def format_pool(pool: dict[str, Any], header: bool = True) -> str:
     return "".join(out)
 
 
+def format_backtraces(found: list[dict[str, Any]]) -> str:
+    if not found:
+        return "No WSGI app process is running.\n"
+    out = []
+    for entry in found:
+        out.append(f"----------- Process {entry['pid']} ({entry['app']}) -----------\n")
+        out.append((entry.get("backtraces") or f"(no backtraces: {entry.get('error')})")
+                   + "\n\n")
+    return "".join(out)
+
+
+def header_json(pool: dict[str, Any], data: Any, header: bool) -> str:
+    """Passenger's `--show=server` layout: the header, a blank line, the JSON."""
+    text = json.dumps(data, indent=2) + "\n"
+    return format_header(pool) + "\n" + text if header else text
+
+
 @entry_point
 def main(argv: list[str] | None = None) -> None:
     protect_output()
@@ -103,16 +107,33 @@ def main(argv: list[str] | None = None) -> None:
         print(f"passenger-status: --show: {show!r} is not supported; allowed: "
               f"{', '.join(SHOW_CHOICES)}", file=sys.stderr)
         sys.exit(2)
+    if args["NAME"] and args["--instance"] and args["NAME"] != args["--instance"]:
+        print("passenger-status: NAME and --instance name different instances; give one",
+              file=sys.stderr)
+        sys.exit(2)
+    header = not args["--no-header"]
     try:
-        instance = select_instance(args["NAME"])
+        instance = select_instance(args["NAME"] or args["--instance"])
         pool = request(instance.admin_socket, "GET", "/pool.json")
+        if show == "requests":
+            out = header_json(pool, request(instance.admin_socket, "GET", "/requests.json"),
+                              header)
+        elif show == "server":
+            out = header_json(pool, request(instance.admin_socket, "GET", "/server.json"),
+                              header)
+        elif show == "backtraces":
+            found = request(instance.admin_socket, "GET", "/backtraces.json", timeout=30)
+            out = (format_header(pool) + "\n" if header else "") + format_backtraces(found)
+        elif show == "xml":
+            out = pool_xml(pool)
+        elif show == "json":
+            out = json.dumps(pool, indent=2) + "\n"
+        else:
+            out = format_pool(pool, header=header)
     except (NoInstance, AdminError) as exc:
         print(exc, file=sys.stderr)
         sys.exit(1)
-    if show == "json":
-        print(json.dumps(pool, indent=2))
-    else:
-        sys.stdout.write(format_pool(pool, header=not args["--no-header"]))
+    sys.stdout.write(out)
 
 
 if __name__ == "__main__":

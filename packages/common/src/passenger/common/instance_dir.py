@@ -236,12 +236,28 @@ def _candidates(registry: Path, report_skipped: Any = None) -> Iterator[Instance
     for entry in entries:
         if not entry.name.startswith(PREFIX):
             continue
-        why = untrusted_because(entry)
+        why = untrusted_because(entry) or foreign_because(InstanceDir(entry))
         if why:
             if report_skipped is not None:
                 report_skipped(entry, why)
             continue
         yield InstanceDir(entry)
+
+
+def foreign_because(inst: InstanceDir) -> str:
+    """Why an instance directory belongs to other software ("" if ours, or not yet
+    known): real Phusion Passenger shares the registry (/tmp) and the name pattern.
+    Those are neither counted, nor talked to, nor cleaned."""
+    try:
+        software = str(inst.properties().get("server_software", ""))
+    except FileNotFoundError:  # being created; Passenger's have agents.s/ from the start
+        return ("is foreign: an instance of Phusion Passenger"
+                if os.path.lexists(inst.path / "agents.s") else "")
+    except (OSError, ValueError):
+        return ""
+    if software.split("/", 1)[0] == SERVER_SOFTWARE.split("/", 1)[0]:
+        return ""
+    return f"is foreign: an instance of {software or 'another program'}"
 
 
 def list_instances(registry: Path, report_stale: Any = None,

@@ -2,6 +2,9 @@
 
     GET  /ping.json                     -> {"status": "ok"}
     GET  /pool.json                     -> the live pool: groups, processes, queues, counters
+    GET  /requests.json                 -> the requests in flight and queued
+    GET  /server.json                   -> the server as a whole (clients, counters, limits)
+    GET  /backtraces.json               -> every thread's stack in every WSGI process
     POST /pool/detach_process.json      {"pid": N} -> shut that process down gracefully
     POST /pool/restart_app_group.json   {"app_root_prefix": "/srv/app", "rolling": false}
 """
@@ -14,12 +17,13 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
 if TYPE_CHECKING:
+    from passenger.helper_agent.front_end import FrontEnd
     from passenger.helper_agent.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -33,7 +37,7 @@ def peer_uid(sock: socket.socket) -> int:
     return int(uid)
 
 
-Handler = Callable[[bytes], tuple[int, Any]]
+Handler = Callable[[bytes], "tuple[int, Any] | Awaitable[tuple[int, Any]]"]
 
 
 def _json_body(body: bytes, key: str, kind: type) -> Any:
@@ -50,7 +54,7 @@ class BadRequest(Exception):
     pass
 
 
-def admin_routes(pool: Pool) -> dict[tuple[bytes, bytes], Handler]:
+def admin_routes(pool: Pool, front: FrontEnd) -> dict[tuple[bytes, bytes], Handler]:
     def detach(body: bytes) -> tuple[int, Any]:
         pid = _json_body(body, "pid", int)
         if not pool.detach(pid):
@@ -68,9 +72,16 @@ def admin_routes(pool: Pool) -> dict[tuple[bytes, bytes], Handler]:
             return 404, {"error": f"no app whose root begins with {prefix!r}"}
         return 200, {"restarted": names}
 
+    async def backtraces(body: bytes) -> tuple[int, Any]:
+        return 200, await pool.backtraces()
+
     return {
         (b"GET", b"/ping.json"): lambda body: (200, {"status": "ok"}),
         (b"GET", b"/pool.json"): lambda body: (200, pool.snapshot()),
+        (b"GET", b"/requests.json"): lambda body: (200, front.requests_snapshot()),
+        (b"GET", b"/server.json"): lambda body: (200, {**front.server_snapshot(),
+                                                       "pool": pool.snapshot()}),
+        (b"GET", b"/backtraces.json"): backtraces,
         (b"POST", b"/pool/detach_process.json"): detach,
         (b"POST", b"/pool/restart_app_group.json"): restart,
     }
@@ -84,6 +95,7 @@ class AdminConnection(asyncio.Protocol):
         self.url = b""
         self.body = bytearray()
         self.authorized = False
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -122,13 +134,29 @@ class AdminConnection(asyncio.Protocol):
                           {"error": f"no such endpoint: {method.decode()} {path.decode()}"})
             return
         try:
-            status, payload = handler(bytes(self.body))
-        except BadRequest as exc:
-            status, payload = 400, {"error": str(exc)}
+            result = handler(bytes(self.body))
         except Exception as exc:
-            log.exception("Admin API handler failed")
-            status, payload = 500, {"error": str(exc)}
-        self._respond(status, payload)
+            self._respond(*self._failure(exc))
+            return
+        if isinstance(result, tuple):
+            self._respond(*result)
+        else:  # a coroutine: answer when it is done
+            task = asyncio.get_running_loop().create_task(self._respond_later(result))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _respond_later(self, pending: Awaitable[tuple[int, Any]]) -> None:
+        try:
+            self._respond(*await pending)
+        except Exception as exc:
+            self._respond(*self._failure(exc))
+
+    @staticmethod
+    def _failure(exc: Exception) -> tuple[int, Any]:
+        if isinstance(exc, BadRequest):
+            return 400, {"error": str(exc)}
+        log.exception("Admin API handler failed", exc_info=exc)
+        return 500, {"error": str(exc)}
 
     def _respond(self, status: int, payload: Any) -> None:
         if self.transport is None or self.transport.is_closing():

@@ -33,6 +33,7 @@ from passenger.common.config import ServerConfig
 from passenger.common.log_records import LogLineWriter
 from passenger.helper_agent.forwarded import TrustedProxies
 from passenger.helper_agent.http_parser import Limits
+from passenger.helper_agent.proxied_request import describe
 
 if TYPE_CHECKING:
     from passenger.helper_agent.http_front import HttpConnection
@@ -102,6 +103,10 @@ class FrontEnd:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connection: Callable[[], HttpConnection] | None = None
         self.peak_connections = 0  # since memory was last given back
+        self.started = time.time()
+        self.clients_accepted = 0
+        self.requests_begun = 0
+        self.most_connections = 0  # ever at once
 
     # -- accepting ------------------------------------------------------------------
 
@@ -200,6 +205,9 @@ class FrontEnd:
 
     def connection_opened(self, conn: HttpConnection) -> None:
         self.connections.add(conn)
+        self.clients_accepted += 1
+        if len(self.connections) > self.most_connections:
+            self.most_connections = len(self.connections)
 
     def connection_closed(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)
@@ -251,3 +259,32 @@ class FrontEnd:
                 if not self.spares and len(self.connections) < self.max_connections:
                     self._hold_spares()
                 self._resume_accepting()
+
+    # -- for passenger-status ---------------------------------------------------------
+
+    def requests_snapshot(self) -> list[dict[str, object]]:
+        """Every request in flight or queued, oldest first."""
+        now = time.monotonic()
+        found = [describe(request, position, now) for conn in self.connections
+                 for position, request in enumerate(conn.requests)]
+        return sorted(found, key=lambda r: -float(r["age"]))  # type: ignore[arg-type]
+
+    def server_snapshot(self) -> dict[str, object]:
+        """The server as a whole (Passenger's `--show=server`, our fields)."""
+        return {
+            "pid": os.getpid(), "server_software": SERVER_SOFTWARE,
+            "server_state": "SHUTTING_DOWN" if self.closed else "ACTIVE",
+            "uptime": round(time.time() - self.started, 3),
+            "accepting": self.accepting,
+            "active_client_count": len(self.connections),
+            "peak_active_client_count": self.most_connections,
+            "max_connections": self.max_connections,
+            "total_clients_accepted": self.clients_accepted,
+            "total_requests_begun": self.requests_begun,
+            "requests_in_flight": sum(len(c.requests) for c in self.connections),
+            "request_buffering": self.request_buffering,
+            "timeouts": {"client_header": self.header_timeout,
+                         "client_body": self.body_timeout, "send": self.send_timeout,
+                         "keepalive": self.keepalive_timeout},
+            "event_loop": type(self.loop).__module__.split(".")[0] if self.loop else None,
+        }

@@ -16,7 +16,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import grp
 import logging
+import os
+import pwd
+import secrets
 import signal
 import time
 from collections.abc import Callable
@@ -65,6 +69,7 @@ class Group:
         self.request_timers: dict[Channel, asyncio.TimerHandle] = {}
         self.channel_tasks: set[asyncio.Task[None]] = set()
         self.spawner = make_spawner(self)
+        self.uuid = secrets.token_urlsafe(15)  # names this group for its lifetime
         self.spawning = 0
         self.spawn_task: asyncio.Task[None] | None = None
         self.last_spawn_error = ""
@@ -500,9 +505,23 @@ class Group:
             await asyncio.sleep(0.02)
 
     def snapshot(self, read_metrics: Callable[[int], dict[str, Any]]) -> dict[str, Any]:
+        config, user = self.config, self.spawner.user
         return {
             "name": self.name, "app_root": self.app_root,
-            "environment": self.config.environment,
+            "environment": config.environment,
+            "uuid": self.uuid,
+            "app_type": "generic" if config.app_start_command else "wsgi",
+            "start_command": config.app_start_command or
+            f"{config.python} (the Passenger WSGI loader)",
+            "startup_file": "" if config.app_start_command else
+            os.path.join(config.app_root, config.startup_file),
+            "spawn_method": config.spawn_method, "python": config.python,
+            "start_timeout": config.start_timeout, "min_instances": config.min_instances,
+            "max_instances_per_app": config.max_instances_per_app,
+            "user": user.name if user else pwd_name(os.getuid()),
+            "uid": user.uid if user else os.getuid(),
+            "group": group_name(user.gid if user else os.getgid()),
+            "gid": user.gid if user else os.getgid(),
             "server_names": list(self.route_rule.server_names),
             "base_uri": self.route_rule.base_uri,
             "requests_in_queue": len(self.queue), "spawning": self.spawning,
@@ -518,3 +537,17 @@ class Group:
             } for p in self.processes],
         }
 
+
+
+def pwd_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)

@@ -348,6 +348,8 @@ class HttpConnection(asyncio.Protocol):
             self.read_deadline = 0.0  # nothing to read until the answer is out
         else:
             request = self._request_with_body(head, env, group, keep_alive)
+        request.head = head
+        self.front.requests_begun += 1
         self.current = request
         self.requests.append(request)
         if self.access_log is not None:

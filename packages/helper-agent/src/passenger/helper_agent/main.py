@@ -70,7 +70,7 @@ class HelperAgent:
         admin_path = str(self.instance.admin_socket)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(admin_path)
-        routes = admin_routes(pool)
+        routes = admin_routes(pool, front)
         old_umask = os.umask(0o177)
         try:
             admin = await loop.create_unix_server(lambda: AdminConnection(routes), admin_path)

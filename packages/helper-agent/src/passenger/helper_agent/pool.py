@@ -21,7 +21,7 @@ from passenger.common import SERVER_SOFTWARE, VERSION
 from passenger.common.config import ServerConfig
 from passenger.common.log_records import LogLineWriter
 from passenger.common.procfs import ProcessGone, ProcFS
-from passenger.helper_agent.app_process import AppProcess
+from passenger.helper_agent.app_process import AppProcess, ProcessState
 from passenger.helper_agent.group import Group
 from passenger.helper_agent.spawner import WATCHED_PIDS, Spawner
 
@@ -177,11 +177,33 @@ class Pool:
         await asyncio.gather(*(g.stop(kill_after) for g in self.groups))
 
     def _metrics(self, pid: int) -> dict[str, Any]:
+        """CPU and memory as Passenger reports them (kB); None where unreadable."""
         try:
+            smaps = self.procfs.smaps_totals(pid) or {}
+            private = smaps.get("Private_Dirty")
             return {"cpu": round(self.procfs.cpu_percent(pid)),
-                    "real_memory_kb": self.procfs.real_memory_kb(pid)}
+                    "real_memory_kb": None if private is None
+                    else private + smaps.get("Swap", 0),
+                    "rss_kb": smaps.get("Rss"), "pss_kb": smaps.get("Pss"),
+                    "private_dirty_kb": private, "swap_kb": smaps.get("Swap"),
+                    "vmsize_kb": self.procfs.status_kb(pid, "VmSize")}
         except (ProcessGone, OSError, ValueError, IndexError):
             return {"cpu": None, "real_memory_kb": None}
+
+    async def backtraces(self) -> list[dict[str, Any]]:
+        """Every thread's stack in every WSGI process, asked of all at once."""
+        targets = [(g, p) for g in self.groups for p in g.processes
+                   if p.state in (ProcessState.ENABLED, ProcessState.SHUTTING_DOWN)
+                   and not p.own_process_group]
+
+        async def one(group: Group, process: AppProcess) -> dict[str, Any]:
+            entry: dict[str, Any] = {"app": group.name, "pid": process.pid}
+            try:
+                entry["backtraces"] = await group.spawner.backtraces(process)
+            except (TimeoutError, ValueError) as exc:
+                entry["error"] = str(exc) or "no answer within 3 s"
+            return entry
+        return list(await asyncio.gather(*(one(g, p) for g, p in targets)))
 
     def snapshot(self) -> dict[str, Any]:
         groups = [g.snapshot(self._metrics) for g in self.groups]

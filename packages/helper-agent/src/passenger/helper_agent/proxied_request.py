@@ -25,6 +25,7 @@ from passenger.helper_agent.tunnel import Tunnel
 
 if TYPE_CHECKING:
     from passenger.helper_agent.group import Group
+    from passenger.helper_agent.http_parser import RequestHead
 
 log = logging.getLogger(__name__)
 MAX_BUFFERED_BODY = 64 * 1024  # of a request still waiting for a process
@@ -57,7 +58,7 @@ class ClientConnection(Protocol):
 
 class Request:
     __slots__ = ("body_done", "buffered", "bytes_sent", "channel", "chunked", "conn",
-                 "done", "drop_body", "env", "expect_continue", "frames", "group",
+                 "done", "drop_body", "env", "expect_continue", "frames", "group", "head",
                  "head_only", "http10", "keep_alive", "out", "process", "received",
                  "released", "remaining", "response_started", "spool", "started", "status",
                  "upgrade")
@@ -66,6 +67,7 @@ class Request:
                  keep_alive: bool, http10: bool, group: Group | None,
                  expect_continue: bool = False, upgrade: bool = False) -> None:
         self.conn = conn
+        self.head: RequestHead | None = None  # for passenger-status --show=requests
         self.frames = frames            # request frames not yet sent to the app
         self.buffered = 0               # bytes of body in `frames`
         self.head_only = head_only
@@ -342,3 +344,28 @@ def _drop_field(env: list[bytes], key: bytes) -> None:
         if env[i] == key:
             del env[i:i + 2]
             return
+
+
+def describe(request: Request, waiting_behind: int, now: float) -> dict[str, object]:
+    """One request for `passenger-status --show=requests`."""
+    head = request.head
+    if waiting_behind:
+        state = "waiting behind earlier requests on its connection"
+    elif request.done:
+        state = "writing the response to the client"
+    elif request.response_started:
+        state = "receiving the response from the app"
+    elif request.process is not None:
+        state = "in the app"
+    elif not request.body_done and request.spool is not None:
+        state = "reading the body from the client"
+    else:
+        state = "queued"
+    return {
+        "app": request.group.name if request.group else None,
+        "pid": request.process.pid if request.process else None,
+        "method": head.method.decode("latin-1") if head else None,
+        "path": head.target.decode("latin-1") if head else None,
+        "age": round(now - request.started, 3), "state": state,
+        "status": request.status or None, "bytes_sent": request.bytes_sent,
+    }

@@ -92,6 +92,26 @@ class ProcessOwner(Protocol):
     def on_channel_lost(self, process: AppProcess) -> None: ...
 
 
+BACKTRACE_TIMEOUT = 3.0  # a process busy in C code that never returns cannot answer
+
+
+class BacktraceCapture:
+    """Collects a process's output between the loader's backtrace markers."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] | None = None
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    def take(self, line: str) -> None:
+        if line == wsgi_loader.BACKTRACES_BEGIN:
+            self.lines = []
+        elif line == wsgi_loader.BACKTRACES_END and self.lines is not None:
+            if not self.done.done():
+                self.done.set_result("\n".join(self.lines))
+        elif self.lines is not None:
+            self.lines.append(line)
+
+
 class Spawner:
     def __init__(self, config: ServerConfig, apps_dir: Path, log_writer: LogLineWriter,
                  owner: ProcessOwner) -> None:
@@ -102,6 +122,7 @@ class Spawner:
         self.preloader: Preloader | None = None
         self.warned_unsafe = False
         self.user = app_user(config)
+        self.backtraces_due: dict[int, BacktraceCapture] = {}  # by PID, asked, not yet out
         if self.user is not None:
             log.info("Processes of %s run as user %s", config.app_root, self.user.name)
 
@@ -135,6 +156,18 @@ class Spawner:
             hint = (f" (the app runs as {self.user.name}, who must be able to run it and "
                     f"read the app; see --user)")
         return SpawnError(f"cannot start {self.config.python}: {exc}{hint}", [])
+
+    async def backtraces(self, process: AppProcess) -> str:
+        """Every thread's stack in a WSGI process (the loader dumps them on SIGQUIT)."""
+        if self.config.app_start_command:
+            raise ValueError("a generic app (--app-start-command) cannot dump its stacks")
+        capture = self.backtraces_due[process.pid] = BacktraceCapture()
+        process.kill(signal.SIGQUIT)
+        try:
+            return await asyncio.wait_for(capture.done, BACKTRACE_TIMEOUT)
+        finally:
+            if self.backtraces_due.get(process.pid) is capture:
+                del self.backtraces_due[process.pid]
 
     def preflight(self) -> str:
         """Why no process of this app could ever start ("" if one may): checked before
@@ -448,6 +481,8 @@ class Spawner:
                 if keeping():
                     kept.append(line)
                     del kept[:-MAX_OUTPUT_KEPT]
+                if pid in self.backtraces_due:
+                    self.backtraces_due[pid].take(line)
 
         loop.add_reader(fd, readable)
 

@@ -22,13 +22,14 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import socket
 import stat
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable
-from types import ModuleType
+from types import FrameType, ModuleType
 from typing import Any, ClassVar
 
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "transfer-encoding", "te", "trailer",
@@ -513,9 +514,37 @@ def load_app(doc: dict[str, Any]) -> tuple[Callable[..., Iterable[bytes]], Modul
     return app, proto
 
 
+BACKTRACES_BEGIN = "--- Passenger: backtraces of every thread (SIGQUIT) ---"
+BACKTRACES_END = "--- Passenger: end of backtraces ---"
+
+
+def dump_backtraces(signum: int, interrupted: FrameType | None) -> None:
+    """On SIGQUIT (as Passenger's Ruby loader): every thread's stack to our output, which
+    the helper agent logs and hands to `passenger-status --show=backtraces`. The main
+    thread's stack is the one the signal interrupted: a request being served shows the
+    app's frame it is in."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    me = threading.get_ident()
+    lines = [BACKTRACES_BEGIN]
+    for ident, top in sys._current_frames().items():
+        frame = interrupted if ident == me else top
+        lines.append(f"Thread {names.get(ident, '?')} ({ident}), most recent call last:")
+        lines.extend("".join(traceback.format_stack(frame)).rstrip("\n").splitlines())
+    lines.append(BACKTRACES_END)
+    data = ("\n".join(lines) + "\n").encode("utf-8", "replace")
+    while data:
+        try:
+            data = data[os.write(2, data):]
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+
+
 def run_worker(doc: dict[str, Any], app: Callable[..., Iterable[bytes]], proto: ModuleType,
                lifeline: Lifeline, feedback_fd: int) -> None:
     """Listen on our socket, say we are ready, and serve until the lifeline closes."""
+    signal.signal(signal.SIGQUIT, dump_backtraces)
     try:
         # Bound and listening already, by the helper agent, with its own mode and in its
         # own directory: whatever our umask, no one else can connect.
