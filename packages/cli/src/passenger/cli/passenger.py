@@ -124,6 +124,8 @@ HTTP options (the limits have gunicorn's names):
                                    networks, comma-separated, or * for all.
                                    Default: 127.0.0.1,::1
   --no-server-header               Send no Server header
+  --no-static-files                Do not serve APP_DIR/public directly (default:
+                                   files there are served without the app)
   --no-request-buffering           Stream request bodies to the app as they arrive
                                    (default: read them whole first, in memory up to
                                    128 KiB, then in a file in the instance directory)
@@ -142,6 +144,10 @@ Timeouts and connections (nginx's names and meanings):
   --max-connections NUMBER         Client connections at once; more wait in the
                                    backlog (0: what the descriptor limit allows).
                                    Default: 0
+
+Operations:
+  --metrics-address HOST:PORT      Serve /metrics (Prometheus), /healthz and /readyz
+                                   there (off by default; keep it private)
 
 Every option can also be set as PASSENGER_<OPTION> in the environment (for example
 PASSENGER_MAX_POOL_SIZE=4) or in Passengerfile.json in the app dir ({"max_pool_size": 4});
@@ -182,6 +188,8 @@ def cli_values(args: dict[str, object]) -> dict[str, object]:
         values["server_header"] = False
     if args.get("--no-request-buffering"):
         values["request_buffering"] = False
+    if args.get("--no-static-files"):
+        values["static_files"] = False
     for key, value in args.items():
         if key.startswith("--"):
             name = key[2:].replace("-", "_")

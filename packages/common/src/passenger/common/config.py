@@ -113,6 +113,9 @@ class ServerConfig:
                                                         "(comma-separated addresses or "
                                                         "networks; * for all)")
     server_header: bool = _option(True, "Send a Server header in responses")
+    metrics_address: str = _option("", "HOST:PORT for /metrics, /healthz and /readyz "
+                                       "(off when empty)")
+    static_files: bool = _option(True, "Serve files under APP_DIR/public directly")
     client_header_timeout: int = _option(60, "Seconds a request head may take to arrive, "
                                              "else 408", minimum=1, maximum=86400)
     client_body_timeout: int = _option(60, "Seconds between two reads of a request body, "
@@ -326,8 +329,25 @@ def parse_allow_ips(spec: str) -> tuple[bool, tuple[IPNetwork, ...]]:
     return False, tuple(networks)
 
 
+def parse_host_port(spec: str, option: str = "--metrics-address") -> tuple[str, int]:
+    """`127.0.0.1:9090`, `[::1]:9090` or `:9090` (all addresses) -> (host, port)."""
+    host, sep, port_text = spec.rpartition(":")
+    allowed = "allowed: HOST:PORT, [IPv6]:PORT or :PORT"
+    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ConfigError(f"{option}: {spec!r} is not HOST:PORT with a port 1..65535; "
+                          f"{allowed}")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        ipaddress.ip_address(host or "0.0.0.0")
+    except ValueError:
+        raise ConfigError(f"{option}: {host!r} is not an IP address; {allowed}") from None
+    return host or "0.0.0.0", int(port_text)
+
+
 def _checked(config: ServerConfig) -> ServerConfig:
     parse_allow_ips(config.forwarded_allow_ips)
+    if config.metrics_address:
+        parse_host_port(config.metrics_address)
     for _, app in config.app_configs():
         if app.user:
             try:

@@ -85,6 +85,7 @@ class AppProcess:
     request_limit: int = 0        # --max-requests plus this process's jitter; 0: none
     retiring: str = ""            # why a replacement was asked for, while it is spawning
     kill_timer: asyncio.TimerHandle | None = None
+    broke: bool = False           # its connection broke unasked: an exit then is a crash
 
     @property
     def pid(self) -> int:

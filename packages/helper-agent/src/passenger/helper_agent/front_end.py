@@ -33,6 +33,7 @@ from passenger.common.config import ServerConfig
 from passenger.common.log_records import LogLineWriter
 from passenger.helper_agent.forwarded import TrustedProxies
 from passenger.helper_agent.http_parser import Limits
+from passenger.helper_agent.metrics import RequestMetrics
 from passenger.helper_agent.proxied_request import describe
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ class FrontEnd:
         self.started = time.time()
         self.clients_accepted = 0
         self.requests_begun = 0
+        self.unrouted = RequestMetrics()  # requests no app took (404, bad heads)
         self.most_connections = 0  # ever at once
 
     # -- accepting ------------------------------------------------------------------

@@ -31,6 +31,7 @@ from passenger.common.exit_status import describe_exit
 from passenger.helper_agent.app_channel import AppChannel, Channel
 from passenger.helper_agent.app_process import AppProcess, ProcessState
 from passenger.helper_agent.error_pages import QUEUE_FULL_PAGE, spawn_error_page
+from passenger.helper_agent.metrics import AppMetrics
 from passenger.helper_agent.recycling import RequestLimits
 from passenger.helper_agent.restart_files import RestartFiles
 from passenger.helper_agent.spawner import Spawner, SpawnError
@@ -70,6 +71,7 @@ class Group:
         self.channel_tasks: set[asyncio.Task[None]] = set()
         self.spawner = make_spawner(self)
         self.uuid = secrets.token_urlsafe(15)  # names this group for its lifetime
+        self.metrics = AppMetrics()
         self.spawning = 0
         self.spawn_task: asyncio.Task[None] | None = None
         self.last_spawn_error = ""
@@ -174,6 +176,7 @@ class Group:
     def _request_timed_out(self, process: AppProcess, channel: Channel) -> None:
         self.request_timers.pop(channel, None)
         self.requests_timed_out += 1
+        self.metrics.replaced["max_request_time"] += 1
         log.warning("A request to app process %d (%s) ran longer than --max-request-time "
                     "%d s; answering 504 and replacing the process", process.pid, self.name,
                     self.config.max_request_time)
@@ -196,9 +199,10 @@ class Group:
             if process.sessions == 0:
                 self._stop_process(process)
         elif process.request_limit and process.processed >= process.request_limit:
-            self.replace(process, f"has served {process.processed} requests "
-                                  f"(--max-requests {self.config.max_requests} plus jitter "
-                                  f"{process.request_limit - self.config.max_requests})")
+            self.replace(process, "max_requests",
+                         f"has served {process.processed} requests (--max-requests "
+                         f"{self.config.max_requests} plus jitter "
+                         f"{process.request_limit - self.config.max_requests})")
         self.dispatch_queue()
         if process.idle and not self.queue:
             self.pool.on_process_idle(process)
@@ -235,6 +239,7 @@ class Group:
     def on_channel_lost(self, process: AppProcess) -> None:
         """The connection to the app broke: the process is of no more use."""
         if process.state is ProcessState.ENABLED:
+            process.broke = True
             process.change_state(ProcessState.SHUTTING_DOWN)
         # Usually the connection closed because the process is dying: its exit (seen at
         # once through its pidfd) then answers the request in flight with how it ended.
@@ -249,7 +254,10 @@ class Group:
             was = process.state
             process.change_state(ProcessState.DEAD)
             if process in self.processes:
-                expected = self.stopping or was is ProcessState.SHUTTING_DOWN
+                expected = self.stopping or (was is ProcessState.SHUTTING_DOWN
+                                             and not process.broke)
+                if not expected:
+                    self.metrics.replaced["crash"] += 1
                 log.log(logging.INFO if expected else logging.WARNING,
                         "App process %d (%s) exited with %s%s", process.pid, self.name,
                         process.exit_description, "" if expected else "; replacing it")
@@ -281,10 +289,13 @@ class Group:
 
     # -- replacing and stopping processes ----------------------------------------------
 
-    def replace(self, process: AppProcess, reason: str) -> None:
-        """Spawn a successor; the process serves on until it is ready, then shuts down."""
+    def replace(self, process: AppProcess, kind: str, reason: str) -> None:
+        """Spawn a successor; the process serves on until it is ready, then shuts down.
+        `kind` counts it in the metrics (max_requests, memory_limit; "" for none)."""
         if process.retiring or process.state is not ProcessState.ENABLED:
             return
+        if kind:
+            self.metrics.replaced[kind] += 1
         process.retiring = reason
         log.info("App process %d (%s) %s; replacing it", process.pid, self.name, reason)
         self.maybe_spawn()
@@ -348,7 +359,7 @@ class Group:
         while self.rolling:
             process = self.rolling.pop(0)
             if process.state is ProcessState.ENABLED and not process.retiring:
-                self.replace(process, "rolling restart")
+                self.replace(process, "", "rolling restart")
                 return
         log.info("Rolling restart of %s done", self.name)
 
@@ -437,6 +448,7 @@ class Group:
             self.pool.wait_for_capacity(self)
 
     def _enable(self, process: AppProcess) -> None:
+        self.metrics.spawns += 1
         process.spawn_ended = process.last_used = time.time()
         process.request_limit = self.request_limits.choose(
             {p.request_limit for p in self.active()})
@@ -455,6 +467,7 @@ class Group:
         self.dispatch_queue()
 
     def _spawn_failed(self, exc: SpawnError) -> None:
+        self.metrics.spawn_failures += 1
         self.last_spawn_error = str(exc)
         details = "\n".join(exc.output[-20:])
         log.error("Could not spawn a process for %s: %s%s", self.name, exc,

@@ -151,7 +151,7 @@ class HttpConnection(asyncio.Protocol):
         for request in self.requests:
             if not request.done:
                 request.abandon()  # the app stops working for a client that is gone
-                self._log_access(request, CLIENT_CLOSED_REQUEST)
+                self._request_ended(request, CLIENT_CLOSED_REQUEST)
         self.requests.clear()
 
     def pause_reading(self, reason: str) -> None:
@@ -275,9 +275,9 @@ class HttpConnection(asyncio.Protocol):
         current, self.current = self.current, None
         if current is not None:
             current.abandon()  # it may already be with an app, with half a body
-            self._log_access(current, logged_as or status)
+            self._request_ended(current, logged_as or status)
         else:
-            self._log_rejection(status, len(response) - response.index(b"\r\n\r\n") - 4)
+            self._rejected(status, len(response) - response.index(b"\r\n\r\n") - 4)
         # Earlier pipelined requests are answered first; this error closes after them.
         unanswered = [r for r in self.requests if r is not current]
         if unanswered:
@@ -419,8 +419,7 @@ class HttpConnection(asyncio.Protocol):
             request.group.route(request)
 
     def request_finished(self, request: Request) -> None:
-        if self.access_log is not None:
-            self._log_access(request, request.status)
+        self._request_ended(request, request.status)
         if not self.requests or self.requests[0] is not request:
             return
         self.requests.popleft()
@@ -444,16 +443,21 @@ class HttpConnection(asyncio.Protocol):
         if self.read_pauses and len(self.requests) <= MAX_PIPELINED:
             self.resume_reading("pipeline")
 
-    def _log_access(self, request: Request, status: int) -> None:
+    def _request_ended(self, request: Request, status: int) -> None:
+        """Counted for the metrics, and logged when there is an access log."""
+        seconds = time.monotonic() - request.started
+        (request.group.metrics if request.group else self.front.unrouted).record(
+            status, seconds)
         if self.access_log is None:
             return
         line, referer, agent = self.request_lines.pop(request, (b"", b"", b""))
         pid = request.process.pid if request.process is not None else "-"
         self.access_log.write(access_line(self.remote_addr, line, status or 0,
-                                          request.bytes_sent, referer, agent,
-                                          time.monotonic() - request.started, pid))
+                                          request.bytes_sent, referer, agent, seconds, pid))
 
-    def _log_rejection(self, status: int, size: int) -> None:
+    def _rejected(self, status: int, size: int) -> None:
+        """A request refused before it was one (a bad head): no app, no duration."""
+        self.front.unrouted.record(status, 0.0)
         if self.access_log is not None:
             self.access_log.write(access_line(self.remote_addr, b"", status, size, b"", b"",
                                               0.0, "-"))

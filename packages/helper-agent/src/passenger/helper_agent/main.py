@@ -25,6 +25,7 @@ from passenger.common.startup_protocol import read_startup_document, report_erro
 from passenger.helper_agent.admin_api import AdminConnection, admin_routes
 from passenger.helper_agent.front_end import FrontEnd, raise_descriptor_limit
 from passenger.helper_agent.http_front import HttpConnection
+from passenger.helper_agent.metrics_server import MetricsServer
 from passenger.helper_agent.pool import Pool
 
 log = logging.getLogger("passenger.helper_agent.main")
@@ -37,6 +38,7 @@ PR_SET_CHILD_SUBREAPER = 36
 class HelperAgent:
     def __init__(self, doc: dict[str, object]) -> None:
         self.config = ServerConfig.from_json(doc["config"])  # type: ignore[arg-type]
+        self.doc = doc
         self.instance = InstanceDir(Path(str(doc["instance_dir"])))
         self.listen_fd = int(doc["listen_fd"])  # type: ignore[call-overload]
         self.feedback_fd = int(doc["feedback_fd"])  # type: ignore[call-overload]
@@ -84,6 +86,11 @@ class HelperAgent:
         if problems:
             report_error(self.feedback_fd, problems[0])
             return 1
+        metrics = None
+        if doc_metrics_fd := self.doc.get("metrics_fd"):
+            metrics = MetricsServer(socket.socket(fileno=int(str(doc_metrics_fd))), pool,
+                                    front)
+            metrics.start()
         pool.start()
         report_ready(self.feedback_fd, admin_socket=admin_path, pid=os.getpid())
         log.info("Helper agent online, PID %d, serving %s (event loop: %s)", os.getpid(),
@@ -91,7 +98,7 @@ class HelperAgent:
 
         await self.stopped.wait()
         log.info("Helper agent shutting down (%s)", self.stop_reason)
-        front.close()
+        front.close()  # from now on /readyz says so
         admin.close()
         if self.stop_reason == "lifeline":
             log.warning("The watchdog is gone; stopping every app process now")
@@ -106,6 +113,8 @@ class HelperAgent:
                             self.config.graceful_timeout)
             await pool.stop(APP_STOP_TIMEOUT)
         flusher.cancel()
+        if metrics is not None:
+            await loop.run_in_executor(None, metrics.stop)
         if access_log is not None:
             access_log.close()
         with contextlib.suppress(FileNotFoundError):

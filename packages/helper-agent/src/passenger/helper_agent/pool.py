@@ -154,8 +154,9 @@ class Pool:
                 continue
             private_dirty_kb = (totals or {}).get("Private_Dirty", 0)
             if private_dirty_kb > limit_mb * 1024:
-                group.replace(process, f"uses {private_dirty_kb / 1024:.0f} MB of private "
-                                       f"dirty memory, over --memory-limit {limit_mb} MB")
+                group.replace(process, "memory_limit",
+                              f"uses {private_dirty_kb / 1024:.0f} MB of private dirty "
+                              f"memory, over --memory-limit {limit_mb} MB")
 
     # -- administration --------------------------------------------------------------
 
@@ -189,6 +190,12 @@ class Pool:
                     "vmsize_kb": self.procfs.status_kb(pid, "VmSize")}
         except (ProcessGone, OSError, ValueError, IndexError):
             return {"cpu": None, "real_memory_kb": None}
+
+    def private_dirty_kb(self, pid: int) -> int | None:
+        try:
+            return (self.procfs.smaps_totals(pid) or {}).get("Private_Dirty")
+        except (ProcessGone, OSError, ValueError):
+            return None
 
     async def backtraces(self) -> list[dict[str, Any]]:
         """Every thread's stack in every WSGI process, asked of all at once."""

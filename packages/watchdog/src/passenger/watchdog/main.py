@@ -22,7 +22,7 @@ import socket
 import sys
 
 from passenger.common import pid_file
-from passenger.common.config import ConfigError, ServerConfig
+from passenger.common.config import ConfigError, ServerConfig, parse_host_port
 from passenger.common.executables import find_executable
 from passenger.common.instance_dir import OwnedInstanceDir, UnsafePath, registry_dir
 from passenger.common.log_records import LogLineHandler, LogLineWriter, create_pipe
@@ -38,28 +38,41 @@ HELPER_STOP_EXTRA = 10.0  # beyond --graceful-timeout, for stopping the app proc
 
 
 def bind_listener(config: ServerConfig) -> socket.socket:
-    if config.socket:
-        if os.path.exists(config.socket):
-            raise ConfigError(f"--socket: {config.socket} already exists; remove it or "
-                              f"choose another path")
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        target: object = config.socket
-    else:
-        try:
-            infos = socket.getaddrinfo(config.address, config.port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE | socket.AI_NUMERICHOST)
-        except socket.gaierror:
-            raise ConfigError(f"--address: {config.address!r} is not an IP address") from None
-        family, _, _, _, target = infos[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if not config.socket:
+        return bind_tcp(config.address, config.port, "--address", "--port")
+    if os.path.exists(config.socket):
+        raise ConfigError(f"--socket: {config.socket} already exists; remove it or "
+                          f"choose another path")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    return _listen(sock, config.socket, "--socket", config.socket)
+
+
+def bind_metrics(config: ServerConfig) -> socket.socket | None:
+    """The --metrics-address listener, held like the main one across helper restarts."""
+    if not config.metrics_address:
+        return None
+    host, port = parse_host_port(config.metrics_address)
+    return bind_tcp(host, port, "--metrics-address", "--metrics-address")
+
+
+def bind_tcp(host: str, port: int, host_option: str, port_option: str) -> socket.socket:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE | socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        raise ConfigError(f"{host_option}: {host!r} is not an IP address") from None
+    family, _, _, _, target = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return _listen(sock, target, port_option, f"{host}:{port}")
+
+
+def _listen(sock: socket.socket, target: object, option: str, where: str) -> socket.socket:
     try:
         sock.bind(target)  # type: ignore[arg-type]
         sock.listen(2048)
     except OSError as exc:
         sock.close()
-        where = config.socket or f"{config.address}:{config.port}"
-        option = "--socket" if config.socket else "--port"
         raise ConfigError(f"{option}: cannot listen on {where}: {exc.strerror}") from None
     return sock
 
@@ -89,7 +102,7 @@ class Reporter:
 class Watchdog:
     def __init__(self, config: ServerConfig, listener: socket.socket,
                  instance: OwnedInstanceDir, reporter: Reporter,
-                 log_writer: LogLineWriter) -> None:
+                 log_writer: LogLineWriter, metrics: socket.socket | None = None) -> None:
         self.config = config
         self.listener = listener
         self.instance = instance
@@ -102,11 +115,12 @@ class Watchdog:
         self.logging_agent = AgentProcess(
             "PassengerLoggingAgent", find_executable("PassengerLoggingAgent"),
             lambda: {"channels": channels})
+        metrics_fd = metrics.fileno() if metrics is not None else None
         self.helper_agent = helper_agent = AgentProcess(
             "PassengerHelperAgent", find_executable("PassengerHelperAgent"),
             lambda: {"config": config.to_json(), "instance_dir": str(instance.path),
-                     "listen_fd": listener.fileno()},
-            pass_fds=(listener.fileno(),))
+                     "listen_fd": listener.fileno(), "metrics_fd": metrics_fd},
+            pass_fds=(listener.fileno(),) + ((metrics_fd,) if metrics_fd is not None else ()))
         self.supervisor = Supervisor([self.logging_agent, helper_agent])
         self.log_writer = log_writer
         self.stop_requests = 0
@@ -200,6 +214,7 @@ def main() -> None:
         config = ServerConfig.from_json(doc["config"])
         pid_path = config.default_pid_file()
         pid_file.claim(pid_path)
+        metrics = bind_metrics(config)  # first: a failure leaves no --socket file behind
         listener = bind_listener(config)
     except (ConfigError, pid_file.PidFileError) as exc:
         if pid_path:
@@ -222,7 +237,7 @@ def main() -> None:
     loop = asyncio.new_event_loop()
     try:
         code = loop.run_until_complete(Watchdog(config, listener, instance, reporter,
-                                                        writer).run())
+                                                        writer, metrics).run())
     finally:
         with contextlib.suppress(Exception):
             writer.close()
