@@ -35,6 +35,7 @@ from passenger.helper_agent.metrics import AppMetrics
 from passenger.helper_agent.recycling import RequestLimits
 from passenger.helper_agent.restart_files import RestartFiles
 from passenger.helper_agent.spawner import Spawner, SpawnError
+from passenger.helper_agent.static_files import StaticFiles
 
 if TYPE_CHECKING:
     from passenger.helper_agent.pool import Pool
@@ -72,6 +73,9 @@ class Group:
         self.spawner = make_spawner(self)
         self.uuid = secrets.token_urlsafe(15)  # names this group for its lifetime
         self.metrics = AppMetrics()
+        user = self.spawner.user
+        self.static = StaticFiles(os.path.join(config.app_root, "public"),
+                                  user.uid if user else None) if config.static_files else None
         self.spawning = 0
         self.spawn_task: asyncio.Task[None] | None = None
         self.last_spawn_error = ""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from itertools import chain
 from typing import TYPE_CHECKING, cast
@@ -26,11 +27,12 @@ from urllib.parse import unquote_to_bytes
 
 from passenger.common import app_protocol as proto
 from passenger.helper_agent.access_log import access_line
-from passenger.helper_agent.error_pages import error_response, simple_page
+from passenger.helper_agent.error_pages import error_response, http_date, simple_page
 from passenger.helper_agent.forwarded import SCHEME_HEADERS, forwarded_scheme
 from passenger.helper_agent.http_parser import HttpError, RequestHead, RequestParser
 from passenger.helper_agent.proxied_request import CONTINUE, Request
 from passenger.helper_agent.spool import Spool
+from passenger.helper_agent.static_files import StaticResponse
 from passenger.helper_agent.tunnel import Tunnel
 
 if TYPE_CHECKING:
@@ -42,6 +44,10 @@ log = logging.getLogger(__name__)
 MAX_PIPELINED = 32
 LINGER_SECONDS = 2.0  # after our last byte, read (and drop) what the client still sends
 MAX_RESPONSE_SPOOL = 1 << 30  # per connection; beyond it the app waits for the client
+FILE_CHUNK = 1 << 20          # a static file: bytes per sendfile(2)
+TRANSPORT_CHUNK = 64 * 1024   # ... and per write when the socket is full
+STATIC_REASONS = {200: b"OK", 206: b"Partial Content", 304: b"Not Modified",
+                  416: b"Range Not Satisfiable"}
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for the access log: the client went away
 REQUEST_TIMEOUT = 408
 PROTOCOLS = {b"1.0": b"HTTP/1.0", b"1.1": b"HTTP/1.1"}
@@ -55,7 +61,8 @@ class HttpConnection(asyncio.Protocol):
     """One client connection (slots: thousands of idle ones must stay small)."""
 
     __slots__ = ("access_log", "app_held", "client_done", "closing", "closing_error",
-                 "current", "front", "linger", "loop", "parser", "pool", "read_deadline",
+                 "current", "file_body", "file_request", "front", "linger", "loop",
+                 "parser", "pool", "read_deadline",
                  "read_pauses", "read_waits_for", "remote_addr", "remote_port",
                  "request_lines", "requests", "server_header", "server_name",
                  "server_port", "spool", "transport", "trusted_proxy", "tunnel",
@@ -80,6 +87,8 @@ class HttpConnection(asyncio.Protocol):
         self.spool: Spool | None = None  # response bytes the client has not taken yet
         self.app_held = False     # the spool is full: the app waits for the client
         self.tunnel: Tunnel | None = None
+        self.file_body: StaticResponse | None = None  # a static file being sent
+        self.file_request: Request | None = None
         self.linger: asyncio.TimerHandle | None = None
         self.read_deadline = 0.0  # when reading times out (0: not waiting to read)
         self.read_waits_for = HEADER
@@ -146,6 +155,9 @@ class HttpConnection(asyncio.Protocol):
         if self.spool is not None:
             self.spool.close()
             self.spool = None
+        if self.file_body is not None:
+            self.file_body.close()
+            self.file_body = None
         if self.tunnel is not None:
             self.tunnel.client_closed()
         for request in self.requests:
@@ -200,8 +212,12 @@ class HttpConnection(asyncio.Protocol):
                     self._hold_app(False)
                 if self.closing:
                     self._close()
+                elif self.file_body is not None:
+                    self._send_file()
                 return
             self.transport.write(data)  # may pause writing again at once
+        if spool is None and self.file_body is not None:
+            self._send_file()
         if self.app_held and spool is not None and len(spool) < MAX_RESPONSE_SPOOL // 2:
             self._hold_app(False)
 
@@ -345,6 +361,8 @@ class HttpConnection(asyncio.Protocol):
                               head.method == b"HEAD", keep_alive, head.version == b"1.0",
                               group, head.expect_continue, upgrade)
             request.body_done = True
+            if group is not None and group.static is not None and not upgrade:
+                request.static = group.static.lookup(head.method, path_info, headers)
             self.read_deadline = 0.0  # nothing to read until the answer is out
         else:
             request = self._request_with_body(head, env, group, keep_alive)
@@ -410,10 +428,77 @@ class HttpConnection(asyncio.Protocol):
             request.expect_continue = False
             self.write(CONTINUE)
 
+    # -- static files (see static_files) -------------------------------------------------
+
+    def _serve_static(self, request: Request, found: StaticResponse) -> None:
+        request.static = None
+        if found.status == 404:
+            request.fail(404, "Not Found")
+            return
+        head = [b"HTTP/1.1 %d %s\r\n" % (found.status, STATIC_REASONS[found.status])]
+        head += [name + b": " + value + b"\r\n" for name, value in found.headers]
+        if found.status != 304:
+            head.append(b"Content-Length: %d\r\n" % found.length)
+        head += [b"Date: ", http_date(), b"\r\n", self.server_header]
+        if not request.keep_alive:
+            head.append(b"Connection: close\r\n")
+        elif request.http10:
+            head.append(b"Connection: keep-alive\r\n")
+        self.write(b"".join(head) + b"\r\n")
+        request.status = found.status
+        if request.head_only or found.fd < 0 or found.length == 0:
+            found.close()
+            request.complete()
+            return
+        request.bytes_sent = found.length
+        self.file_body, self.file_request = found, request
+        if self.spool is None and not self.writing_paused:
+            self._send_file()
+
+    def _send_file(self) -> None:
+        """sendfile(2) while the transport holds nothing; when the socket is full, one
+        chunk goes to the transport instead, which pauses us until the client reads."""
+        body, transport = self.file_body, self.transport
+        assert body is not None and self.file_request is not None
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        while transport is not None and sock is not None and body.length \
+                and not self.writing_paused:
+            try:
+                if transport.get_write_buffer_size() == 0:
+                    try:
+                        sent = os.sendfile(sock.fileno(), body.fd, body.offset,
+                                           min(body.length, FILE_CHUNK))
+                    except BlockingIOError:
+                        sent = -1
+                    if sent > 0:
+                        body.offset += sent
+                        body.length -= sent
+                        continue
+                    if sent == 0:
+                        raise EOFError
+                data = os.pread(body.fd, min(body.length, TRANSPORT_CHUNK), body.offset)
+                if not data:
+                    raise EOFError
+            except (OSError, EOFError):  # the file shrank, or the client is gone
+                self.file_body = self.file_request = None
+                body.close()
+                self._close()
+                return
+            body.offset += len(data)
+            body.length -= len(data)
+            transport.write(data)  # may pause writing: resume_writing brings us back
+        if body.length == 0:
+            request = self.file_request
+            self.file_body = self.file_request = None
+            body.close()
+            request.complete()
+
     def _route(self, request: Request) -> None:
         if request.done:
             return
-        if request.group is None:
+        if request.static is not None:
+            self._serve_static(request, request.static)
+        elif request.group is None:
             request.fail(404, "No application is configured for this host name and URI")
         else:
             request.group.route(request)

@@ -26,6 +26,7 @@ from passenger.helper_agent.tunnel import Tunnel
 if TYPE_CHECKING:
     from passenger.helper_agent.group import Group
     from passenger.helper_agent.http_parser import RequestHead
+    from passenger.helper_agent.static_files import StaticResponse
 
 log = logging.getLogger(__name__)
 MAX_BUFFERED_BODY = 64 * 1024  # of a request still waiting for a process
@@ -60,14 +61,15 @@ class Request:
     __slots__ = ("body_done", "buffered", "bytes_sent", "channel", "chunked", "conn",
                  "done", "drop_body", "env", "expect_continue", "frames", "group", "head",
                  "head_only", "http10", "keep_alive", "out", "process", "received",
-                 "released", "remaining", "response_started", "spool", "started", "status",
-                 "upgrade")
+                 "released", "remaining", "response_started", "spool", "started", "static",
+                 "status", "upgrade")
 
     def __init__(self, conn: ClientConnection, frames: list[bytes], head_only: bool,
                  keep_alive: bool, http10: bool, group: Group | None,
                  expect_continue: bool = False, upgrade: bool = False) -> None:
         self.conn = conn
         self.head: RequestHead | None = None  # for passenger-status --show=requests
+        self.static: StaticResponse | None = None  # a file from public/ answers it
         self.frames = frames            # request frames not yet sent to the app
         self.buffered = 0               # bytes of body in `frames`
         self.head_only = head_only
@@ -317,6 +319,10 @@ class Request:
             self.fail(502, f"Incomplete response received from the application: {reason}")
         else:
             self.fail(status, reason)
+
+    def complete(self) -> None:
+        """Answered without the app (a static file): the connection goes on."""
+        self._finish()
 
     def _finish(self) -> None:
         if not self.done:
