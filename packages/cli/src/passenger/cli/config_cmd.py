@@ -12,7 +12,8 @@ Usage:
 
 Commands:
   list-instances    List the running Passenger instances (stale ones are cleaned).
-  reopen-logs       Make the logging agent reopen its log files (after logrotate).
+  reopen-logs       Make the logging agent reopen its log files (after logrotate): of
+                    the instance named, or of every running instance.
   detach-process    Remove an app process from the pool and shut it down once its
                     active requests are finished (`kill` would abort them).
   restart-app       Restart every app whose path begins with APP_PATH_PREFIX (`.`: the
@@ -81,15 +82,24 @@ def _instance(name: str | None) -> InstanceDir:
 
 
 def reopen_logs(name: str | None) -> None:
-    instance = _instance(name)
-    try:
-        pid = int(instance.properties()["watchdog_pid"])
-        os.kill(pid, signal.SIGUSR1)  # the watchdog passes it on to the logging agent
-    except (OSError, KeyError, ValueError) as exc:
-        print(f"passenger-config reopen-logs: cannot signal the watchdog of {instance.path}: "
-              f"{exc}", file=sys.stderr)
+    """One instance with --instance; otherwise every running one (logrotate's
+    postrotate does not know which instances write the files it rotated)."""
+    instances = [_instance(name)] if name else live_instances()
+    failed = False
+    for instance in instances:
+        try:
+            pid = int(instance.properties()["watchdog_pid"])
+            os.kill(pid, signal.SIGUSR1)  # the watchdog passes it on to the logging agent
+        except (OSError, KeyError, ValueError) as exc:
+            print(f"passenger-config reopen-logs: cannot signal the watchdog of "
+                  f"{instance.path}: {exc}", file=sys.stderr)
+            failed = True
+            continue
+        print(f"Asked instance {describe(instance)[0]} to reopen its log files.")
+    if not instances:
+        print("There are no Passenger instances running.")
+    if failed:
         sys.exit(1)
-    print(f"Asked instance {describe(instance)[0]} to reopen its log files.")
 
 
 def _admin_post(instance: InstanceDir, path: str, body: dict[str, object],

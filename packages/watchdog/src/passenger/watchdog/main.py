@@ -30,6 +30,7 @@ from passenger.common.process_title import WATCHDOG, set_title
 from passenger.common.startup_protocol import report_error, report_ready
 from passenger.watchdog.agent_process import AgentProcess, AgentStartupError
 from passenger.watchdog.supervisor import Supervisor
+from passenger.watchdog.systemd_notify import SystemdNotifier
 
 log = logging.getLogger("passenger.watchdog.main")
 LOGGING_STOP_TIMEOUT = 5.0
@@ -123,6 +124,7 @@ class Watchdog:
             pass_fds=(listener.fileno(),) + ((metrics_fd,) if metrics_fd is not None else ()))
         self.supervisor = Supervisor([self.logging_agent, helper_agent])
         self.log_writer = log_writer
+        self.systemd = SystemdNotifier()  # before any agent starts: they must not inherit it
         self.stop_requests = 0
         self.stop_event: asyncio.Event | None = None
 
@@ -155,8 +157,14 @@ class Watchdog:
             return 1
         self.instance.finalize()
         self.reporter.ready(self.banner())
+        summary = f"Serving {self.config.app_root} on {self.config.listen_url}"
+        self.systemd.notify("READY=1", f"STATUS={summary}", f"MAINPID={os.getpid()}")
         flusher = loop.create_task(self._flush_log())
+        keep_alive = loop.create_task(self.systemd.keep_alive(self.instance.admin_socket))
         await self.stop_event.wait()
+        self.systemd.notify("STOPPING=1", "STATUS=Stopping: finishing requests, then "
+                                          "stopping the app processes")
+        keep_alive.cancel()
         flusher.cancel()
         await self.supervisor.stop_all({
             "PassengerHelperAgent": self.config.graceful_timeout + HELPER_STOP_EXTRA,
