@@ -4,13 +4,18 @@ and the options."""
 
 from __future__ import annotations
 
+import builtins
 import datetime
 import json
 import math
+import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
+import psutil
 import pytest
 
 from passenger.cli import memory_stats
@@ -27,13 +32,15 @@ from passenger.cli.memory_stats import (
     render_text,
     run,
 )
+from passenger.cli.processes import ProcessEntry
 from passenger.common import VERSION
-from passenger.common.procfs import MemoryUsage, ProcessEntry, ProcessGone, ProcFS
+from passenger.common.procfs import MemoryUsage, ProcessGone, ProcFS
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "procfs"
 MIXED = FIXTURES / "mixed"
 ALL = [APACHE, NGINX, PASSENGER]
 NOW = datetime.datetime(2026, 11, 27, 16, 42, 13, tzinfo=datetime.UTC)
+T = TypeVar("T")
 
 
 def pids(groups: list[Group]) -> dict[str, list[int]]:
@@ -92,7 +99,7 @@ def test_each_process_in_its_group_bystanders_and_zombies_left_out() -> None:
     ("[kworker/0:1]", "kworker/0:1", None),
 ])
 def test_group_of(title: str, comm: str, group: GroupSpec | None) -> None:
-    entry = ProcessEntry(pid=9, ppid=1, comm=comm, state="S", title=title)
+    entry = ProcessEntry(pid=9, ppid=1, comm=comm, zombie=False, title=title)
     assert memory_stats.group_of(entry) is group
 
 
@@ -137,7 +144,7 @@ def parse_reference(text: str) -> tuple[datetime.datetime, list[Group]]:
         private = kb_values([float(r[3]) for r in rows], total)
         group = Group(specs[title])
         for (pid, ppid, vm, _, name), priv in zip(rows, private, strict=True):
-            entry = ProcessEntry(pid=int(pid), ppid=int(ppid or 1), comm="x", state="S",
+            entry = ProcessEntry(pid=int(pid), ppid=int(ppid or 1), comm="x", zombie=False,
                                  title=name)
             usage = MemoryUsage(vm_size_kb=round(float(vm) * 1024), threads=1,
                                 smaps={"Private_Dirty": priv})
@@ -184,7 +191,8 @@ Date   : 2026-11-27 16:42:13 +0000
 ### Processes: 0
 ### Total private dirty RSS: 0.00 MB
 """
-    tmp_path.joinpath("proc").mkdir()
+    # A machine always runs something (psutil.pids() fails on an empty /proc): init.
+    shutil.copytree(MIXED / "1", tmp_path / "proc" / "1")
     groups = collect(ProcFS(tmp_path / "proc"), ALL)
     assert render_text(groups, NOW, euid=0, colors=Colors()) == expected
 
@@ -302,25 +310,32 @@ def test_warning_only_for_groups_shown(tree: Path) -> None:
 
 # -- processes that vanish while being read ----------------------------------------------
 
-class VanishingProcFS(ProcFS):
-    """Deletes a process's directory right after one of its files was read, as the
-    kernel does when the process exits and is reaped between two of our reads."""
+def vanish_after_reading(monkeypatch: pytest.MonkeyPatch, tree: Path,
+                         after: dict[int, str]) -> None:
+    """Deletes a process's directory right after one of its files was opened (the open
+    file still reads whole), as the kernel does when the process exits and is reaped
+    between two of our reads. psutil opens with open(), ProcFS with os.open()."""
+    targets = {str(tree / str(pid) / name): tree / str(pid) for pid, name in after.items()}
 
-    def __init__(self, root: Path, vanish_after: dict[int, str]) -> None:
-        super().__init__(root)
-        self.vanish_after = vanish_after
+    def hooked(real_open: Callable[..., T]) -> Callable[..., T]:
+        def opener(path: Any, *args: Any, **kwargs: Any) -> T:
+            opened = real_open(path, *args, **kwargs)
+            gone = targets.pop(os.fsdecode(path), None) if isinstance(path, str) else None
+            if gone is not None:
+                shutil.rmtree(gone)
+            return opened
+        return opener
 
-    def _read(self, pid: int, name: str) -> bytes | None:
-        data = super()._read(pid, name)
-        if self.vanish_after.get(pid) == name:
-            shutil.rmtree(self.root / str(pid))
-        return data
+    monkeypatch.setattr(builtins, "open", hooked(builtins.open))
+    monkeypatch.setattr(os, "open", hooked(os.open))
 
 
 @pytest.mark.parametrize("after", ["stat", "cmdline", "status", "smaps_rollup"])
-def test_process_vanishing_mid_read_is_skipped(tree: Path, after: str) -> None:
-    procfs = VanishingProcFS(tree, {301: after, 101: after, 201: after})
-    found = pids(collect(procfs, ALL))
+def test_process_vanishing_mid_read_is_skipped(tree: Path, after: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    vanish_after_reading(monkeypatch, tree, {301: after, 101: after, 201: after})
+    found = pids(collect(ProcFS(tree), ALL))
+    monkeypatch.undo()
     if after == "smaps_rollup":  # all figures were read before it went: still listed
         assert 301 in found["passenger"]
     else:
@@ -329,14 +344,13 @@ def test_process_vanishing_mid_read_is_skipped(tree: Path, after: str) -> None:
     assert 300 in found["passenger"] and 100 in found["apache"] and 200 in found["nginx"]
 
 
-def test_process_listed_but_already_gone(tree: Path) -> None:
-    class ListsTheDead(ProcFS):
-        def pids(self) -> list[int]:
-            return [*super().pids(), 99999]
+def test_process_listed_but_already_gone(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    listed = psutil.pids
+    monkeypatch.setattr(psutil, "pids", lambda: [*listed(), 99999])
 
-    assert 99999 not in pids(collect(ListsTheDead(tree), ALL))["passenger"]
+    assert 99999 not in pids(collect(ProcFS(tree), ALL))["passenger"]
     with pytest.raises(ProcessGone):
-        ListsTheDead(tree).entry(99999)
+        ProcFS(tree).memory(99999)
 
 
 # -- options -----------------------------------------------------------------------------

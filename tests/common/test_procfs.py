@@ -1,5 +1,6 @@
 """ProcFS on fixture trees (tests/fixtures/procfs/, made by make_trees.py there): the
-parsing rules, the missing/unreadable/vanished cases, and the API the agents use."""
+parsing rules, the missing/unreadable/vanished cases, and the API the agents use. The
+process table the CLI reads with psutil is tested in tests/cli/test_processes.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from passenger.common.procfs import CLOCK_TICKS, MemoryUsage, ProcessEntry, ProcessGone, ProcFS
+from passenger.common.procfs import CLOCK_TICKS, MemoryUsage, ProcessGone, ProcFS
 from support import as_nobody
 
 MIXED = Path(__file__).parents[1] / "fixtures" / "procfs" / "mixed"
@@ -29,40 +30,11 @@ def tree(tmp_path: Path) -> Path:
     return tmp_path / "proc"
 
 
-def test_pids_are_the_numeric_entries_sorted(procfs: ProcFS) -> None:
-    pids = procfs.pids()
-    assert pids == sorted(pids)
-    assert 1 in pids and 404 in pids
-    assert all(isinstance(p, int) for p in pids)  # "uptime" is not a process
-
-
 def test_stat_comm_with_spaces_and_parentheses_ends_at_last_paren(procfs: ProcFS) -> None:
     st = procfs.stat(303)
     assert st.comm == "x) (y z"
     assert (st.state, st.ppid, st.utime_ticks, st.stime_ticks) == ("S", 301, 12, 7)
     assert st.vsize_bytes == 10240 * 1024
-
-
-def test_entry_title_keeps_spaces_and_parentheses(procfs: ProcFS) -> None:
-    assert procfs.entry(304) == ProcessEntry(
-        pid=304, ppid=303, comm="Passenger WsgiA", state="S",
-        title="Passenger WsgiApp: /srv/my app (staging)")
-
-
-def test_cmdline_nul_separated_and_padded_titles(procfs: ProcFS) -> None:
-    assert procfs.cmdline(100) == "/usr/sbin/apache2 -k start"
-    assert procfs.cmdline(200) == "nginx: master process /usr/sbin/nginx"  # NUL padding
-    assert procfs.cmdline(400) == "Passenger watchdog"  # space padding, as Passenger 6
-
-
-def test_kernel_thread_title_is_comm_in_brackets(procfs: ProcFS) -> None:
-    assert procfs.entry(2).title == "[kthreadd]"
-
-
-def test_entries_covers_every_process(procfs: ProcFS) -> None:
-    entries = procfs.entries()
-    assert [e.pid for e in entries] == procfs.pids()
-    assert {e.pid for e in entries if e.state == "Z"} == {600, 601}
 
 
 def test_memory_from_status_and_smaps_rollup(procfs: ProcFS) -> None:
@@ -91,10 +63,9 @@ def test_zombie_has_no_vm_size_but_is_not_unknown(procfs: ProcFS) -> None:
 def test_vanished_process_raises_process_gone(tree: Path) -> None:
     procfs = ProcFS(tree)
     shutil.rmtree(tree / "304")
-    for read in (procfs.stat, procfs.entry, procfs.memory, procfs.smaps_totals):
+    for read in (procfs.stat, procfs.memory, procfs.smaps_totals):
         with pytest.raises(ProcessGone):
             read(304)
-    assert 304 not in [e.pid for e in procfs.entries()]
 
 
 def test_process_gone_between_status_and_smaps(tree: Path) -> None:
@@ -149,8 +120,7 @@ def test_agent_api_status_kb_cpu_and_real_memory(procfs: ProcFS) -> None:
 
 def test_real_proc_reads_this_process() -> None:
     procfs = ProcFS()
-    me = procfs.entry(os.getpid())
-    assert me.ppid == os.getppid()
+    assert procfs.stat(os.getpid()).ppid == os.getppid()
     usage = procfs.memory(os.getpid())
     assert usage.vm_size_kb and usage.vm_size_kb > 0
     assert usage.smaps_kb("Private_Dirty") and usage.threads

@@ -1,8 +1,11 @@
 """passenger-memory-stats: what every Apache, Nginx and Passenger process really costs.
 
 Users run this when the server is in trouble, so it talks to no agent: it reads `/proc`
-itself (through `passenger.common.procfs`) and works when every agent is dead. Output
-follows Phusion Passenger 6's tool column for column; `--pss` and `--json` go further.
+itself and works when every agent is dead. The process table comes from psutil
+(`passenger.cli.processes`); the memory figures of the processes listed from our own
+reader (`passenger.common.procfs`), as psutil has no private dirty RSS as Passenger
+defines it. Output follows Phusion Passenger 6's tool column for column; `--pss` and
+`--json` go further.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from passenger.cli.processes import ProcessEntry, entries
 from passenger.cli.terminal import printable
 from passenger.common import VERSION
-from passenger.common.procfs import MemoryUsage, ProcessEntry, ProcessGone, ProcFS
+from passenger.common.procfs import MemoryUsage, ProcessGone, ProcFS
 
 # The help text is the parser (docopt); the first two options are Passenger's.
 USAGE = """\
@@ -88,8 +91,9 @@ def is_apache(entry: ProcessEntry) -> bool:
     return _named(entry, APACHE_NAMES)
 
 
-@dataclass(frozen=True)
-class GroupSpec:
+# Records are NamedTuples, not dataclasses: importing dataclasses (and with it
+# inspect) costs about a tenth of a run on a busy machine.
+class GroupSpec(NamedTuple):
     key: str
     title: str
     show_ppid: bool
@@ -112,8 +116,7 @@ def group_of(entry: ProcessEntry) -> GroupSpec | None:
     return None
 
 
-@dataclass(frozen=True)
-class ProcessMemory:
+class ProcessMemory(NamedTuple):
     entry: ProcessEntry
     usage: MemoryUsage
 
@@ -142,10 +145,10 @@ class ProcessMemory:
         }
 
 
-@dataclass
 class Group:
-    spec: GroupSpec
-    processes: list[ProcessMemory] = field(default_factory=list)
+    def __init__(self, spec: GroupSpec) -> None:
+        self.spec = spec
+        self.processes: list[ProcessMemory] = []
 
     def total(self, figure: str) -> tuple[int, bool]:
         """Sum of a per-process figure and whether every value was known."""
@@ -155,29 +158,34 @@ class Group:
 
 def collect(procfs: ProcFS, specs: Sequence[GroupSpec],
             exclude: Iterable[int] = ()) -> list[Group]:
-    """One pass over every process's stat and cmdline; the memory files are read only
-    for the processes listed. Processes that exit meanwhile are left out, and so are
-    zombies: they have exited already and hold no memory."""
+    """One pass over every process's name and command line (psutil, under the same
+    root as `procfs`); the memory files are read only for the processes listed.
+    Processes that exit meanwhile are left out, and so are zombies: they have exited
+    already and hold no memory."""
     groups = {spec.key: Group(spec) for spec in specs}
     skip = set(exclude)
-    for entry in procfs.entries():
-        if entry.state == "Z" or entry.pid in skip:
-            continue
+
+    def group_for(entry: ProcessEntry) -> Group | None:
+        """Where it is listed, if anywhere: zombies and excluded PIDs are not."""
         spec = group_of(entry)
-        if spec is None or spec.key not in groups:
-            continue
+        if spec is None or entry.zombie or entry.pid in skip:
+            return None
+        return groups.get(spec.key)
+
+    for entry in entries(procfs.root, keep=lambda e: group_for(e) is not None):
+        group = group_for(entry)
+        assert group is not None  # keep saw to it
         try:
             usage = procfs.memory(entry.pid)
         except ProcessGone:
             continue
-        groups[spec.key].processes.append(ProcessMemory(entry, usage))
+        group.processes.append(ProcessMemory(entry, usage))
     return list(groups.values())
 
 
 # -- text output, Passenger's layout ---------------------------------------------------
 
-@dataclass(frozen=True)
-class Colors:
+class Colors(NamedTuple):
     """Passenger's ANSI colours: all empty unless stdout is a terminal."""
 
     reset: str = ""

@@ -21,11 +21,11 @@ import signal
 import sys
 import time
 
+from passenger.cli import processes
 from passenger.cli.command_line import entry_point, parse
 from passenger.common import VERSION, pid_file
 from passenger.common.config import OPTIONS, ConfigError, ServerConfig, resolve
 from passenger.common.executables import find_executable
-from passenger.common.procfs import ProcessGone, ProcFS
 from passenger.common.startup_protocol import encode_document, parse_feedback
 
 START_USAGE = """Start Passenger Standalone and serve the app in APP_DIR (default: .).
@@ -256,17 +256,9 @@ def locate_pid_file(args: dict[str, object]) -> str:
     return config.default_pid_file()
 
 
-def running(pid: int) -> bool:
-    """Alive and not a zombie (a daemon's parent, init, may be slow to reap it)."""
-    try:
-        return ProcFS().stat(pid).state != "Z"
-    except ProcessGone:
-        return False
-
-
 def running_pid(path: str) -> int | None:
     pid = pid_file.read_pid(path)
-    return pid if pid is not None and pid_file.pid_alive(pid) else None
+    return pid if pid is not None and processes.alive(pid) else None
 
 
 def stop(args: dict[str, object]) -> None:
@@ -279,7 +271,7 @@ def stop(args: dict[str, object]) -> None:
         print(f"passenger stop: Passenger Standalone is not running ({why} at {path})",
               file=sys.stderr)
         sys.exit(1)
-    if not pid_file.names_our_watchdog(path, pid):
+    if not processes.names_our_watchdog(path, pid):
         print(f"passenger stop: PID {pid} in {path} is not a Passenger watchdog started "
               f"before that file was written (a stale PID file?); not signalling it",
               file=sys.stderr)
@@ -290,7 +282,7 @@ def stop(args: dict[str, object]) -> None:
         print(f"passenger stop: cannot signal PID {pid}: {exc.strerror}", file=sys.stderr)
         sys.exit(1)
     deadline = time.monotonic() + STOP_TIMEOUT
-    while running(pid):
+    while processes.alive(pid):
         if time.monotonic() > deadline:
             print(f"passenger stop: PID {pid} did not stop within {STOP_TIMEOUT:.0f} s",
                   file=sys.stderr)

@@ -3,19 +3,16 @@
 It usually lives in the app dir, which its owner controls: it is written, replaced and
 removed through `safe_files` (as that owner when we are root), and read without
 following links or blocking. `passenger stop` signals the PID only if it is a watchdog
-that was running when the file was written (see `names_our_watchdog`).
+that was running when the file was written: that check is the CLI's alone and uses
+psutil, which the watchdog does without (`passenger.cli.processes.names_our_watchdog`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import time
 
 from passenger.common import safe_files
-from passenger.common.procfs import CLOCK_TICKS, ProcessGone, ProcFS
-
-WATCHDOG_TITLE = "PassengerWatchdog"
 
 
 class PidFileError(RuntimeError):
@@ -34,6 +31,7 @@ def read_pid(path: str) -> int | None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether anything runs as `pid`, by signal 0 (the watchdog has no psutil)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -41,27 +39,6 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def names_our_watchdog(path: str, pid: int) -> bool:
-    """Whether `pid` is a Passenger watchdog that started before `path` was written: a
-    stale file's PID, reused by any other process since, is not signalled."""
-    procfs = ProcFS()
-    try:
-        title = procfs.cmdline(pid) or ""
-        started = _boot_time() + procfs.stat(pid).start_ticks / CLOCK_TICKS
-        written = os.lstat(path).st_mtime
-    except (ProcessGone, OSError):
-        return False
-    return title.startswith(WATCHDOG_TITLE) and started <= written + 1.0
-
-
-def _boot_time() -> float:
-    with open("/proc/stat") as f:
-        for line in f:
-            if line.startswith("btime "):
-                return float(line.split()[1])
-    return time.time() - ProcFS().uptime()
 
 
 def claim(path: str) -> None:

@@ -1,19 +1,22 @@
-"""All reading of `/proc`, under a configurable root so tests can use fixture trees.
+"""Reading `/proc` without psutil, under a configurable root so tests can use fixture
+trees: what the agents need (they install without psutil: DESIGN.md, "Each agent
+installs alone"), and the one figure psutil lacks, private dirty RSS as Passenger
+defines it (Private_Dirty, plus Swap, from smaps_rollup). The CLI takes its process
+table from psutil (`passenger.cli.processes`) and its memory figures from here.
 
 Processes come and go while we read: a vanished process raises `ProcessGone`, a file we
 may not read (another user's process without root) gives None, never a traceback.
 
-Files are read with plain `os.open`/`os.read` on string paths: `passenger-memory-stats`
-reads two files of every process on the machine, and pathlib's overhead per file is
-what made a Python scan of 1,000 processes slower than `ps`.
+Files are read with plain `os.open`/`os.read` on string paths; neither pathlib nor
+dataclasses is imported: the agents poll these files, and `passenger-memory-stats`
+must start fast.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 READ_SIZE = 65536
@@ -23,8 +26,7 @@ class ProcessGone(Exception):
     """The process exited while we were reading it."""
 
 
-@dataclass(frozen=True)
-class ProcStat:
+class ProcStat(NamedTuple):
     pid: int
     comm: str
     state: str
@@ -35,20 +37,7 @@ class ProcStat:
     vsize_bytes: int
 
 
-@dataclass(frozen=True)
-class ProcessEntry:
-    """What decides which group a process belongs to: its name as `ps -C` sees it
-    (`comm`) and as `ps -o args` shows it (`title`)."""
-
-    pid: int
-    ppid: int
-    comm: str
-    state: str  # "Z": a zombie, exited and holding no memory
-    title: str  # cmdline, NULs as spaces; "[comm]" for kernel threads, as ps shows them
-
-
-@dataclass(frozen=True)
-class MemoryUsage:
+class MemoryUsage(NamedTuple):
     """One process's memory figures in kB. `smaps` is None when the smaps files could not
     be read (another user's process without root); `vm_size_kb` is 0 for a zombie."""
 
@@ -64,9 +53,9 @@ class MemoryUsage:
 
 
 class ProcFS:
-    def __init__(self, root: str | Path = "/proc") -> None:
-        self.root = Path(root)
-        self._prefix = str(self.root) + "/"
+    def __init__(self, root: str | os.PathLike[str] = "/proc") -> None:
+        self.root = os.fspath(root)
+        self._prefix = self.root + "/"
 
     def _read(self, pid: int, name: str) -> bytes | None:
         try:
@@ -92,12 +81,6 @@ class ProcFS:
             return None
         return b"".join(chunks)
 
-    def pids(self) -> list[int]:
-        try:
-            return sorted(int(e) for e in os.listdir(self.root) if e.isdigit())
-        except OSError:
-            return []
-
     def stat(self, pid: int) -> ProcStat:
         data = self._read(pid, "stat")
         if data is None:
@@ -110,29 +93,6 @@ class ProcFS:
                         ppid=int(fields[1]), utime_ticks=int(fields[11]),
                         stime_ticks=int(fields[12]), start_ticks=int(fields[19]),
                         vsize_bytes=int(fields[20]))
-
-    def cmdline(self, pid: int) -> str | None:
-        data = self._read(pid, "cmdline")
-        if data is None:
-            return None
-        return data.rstrip(b"\0").replace(b"\0", b" ").decode("utf-8", "replace").rstrip()
-
-    def entry(self, pid: int) -> ProcessEntry:
-        """PID, PPID, comm and title; raises ProcessGone if the process has exited."""
-        st = self.stat(pid)
-        title = self.cmdline(pid)
-        return ProcessEntry(pid=pid, ppid=st.ppid, comm=st.comm, state=st.state,
-                            title=title if title else f"[{st.comm}]")
-
-    def entries(self) -> list[ProcessEntry]:
-        """Every process on the machine, skipping those that exit while we read them."""
-        found = []
-        for pid in self.pids():
-            try:
-                found.append(self.entry(pid))
-            except ProcessGone:
-                continue
-        return found
 
     def status_fields(self, pid: int) -> dict[str, str] | None:
         """`/proc/<pid>/status` as a dict of raw values ("VmSize" -> "6532 kB")."""
@@ -173,11 +133,11 @@ class ProcFS:
             try:
                 data = self._read(pid, name)
             except ProcessGone:
-                if name == "smaps" or not (self.root / str(pid)).exists():
+                if name == "smaps" or not os.path.exists(f"{self._prefix}{pid}"):
                     raise
                 continue
             if data is None:
-                if (self.root / str(pid) / name).exists():
+                if os.path.exists(f"{self._prefix}{pid}/{name}"):
                     return None
                 continue
             totals: dict[str, int] = {}
@@ -191,7 +151,8 @@ class ProcFS:
         return None
 
     def uptime(self) -> float:
-        return float((self.root / "uptime").read_text().split()[0])
+        with open(f"{self._prefix}uptime") as f:
+            return float(f.read().split()[0])
 
     def cpu_percent(self, pid: int) -> float:
         """CPU time over the process's lifetime, as `ps %cpu` (and Passenger) report it."""
