@@ -33,6 +33,10 @@ def application(environ, start_response):
     elif path == "/big":
         start_response("200 OK", headers)
         return [b"x" * (int(query.get("mb", "8")) * 1024 * 1024)]
+    elif path == "/chunks":  # a list of many chunks, each a different byte
+        n, size = int(query.get("n", "2000")), int(query.get("size", "1024"))
+        start_response("200 OK", headers)
+        return [bytes([i % 256]) * size for i in range(n)]
     elif path == "/early":  # answers without reading the request body
         start_response("401 Unauthorized", headers)
         return [b"no\n"]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from passenger.common import app_protocol as proto
+from passenger.helper_agent.splice_pump import SplicePump
 
 if TYPE_CHECKING:
     from passenger.helper_agent.tunnel import Tunnel
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 LENGTH = proto.LENGTH
 MAX_RESPONSE_HEAD = 1 << 20  # a head frame larger than this is not a sane app's
+SPLICE_MIN = 128 * 1024  # a body frame with this much still to come goes by splice(2)
 
 
 class ResponseSink(Protocol):
@@ -28,6 +31,8 @@ class ResponseSink(Protocol):
     def on_upgrade(self, app: asyncio.Transport) -> Tunnel | None: ...
     def on_app_writable(self) -> None: ...
     def flush(self) -> None: ...
+    def splice_target(self, count: int) -> tuple[int, int] | None: ...
+    def on_response_spliced(self, moved: int) -> None: ...
 
 
 class Channel(Protocol):
@@ -63,9 +68,11 @@ class ReadPausing:
             self.transport.resume_reading()
 
 
-class AppChannel(ReadPausing, asyncio.Protocol):
+class AppChannel(asyncio.Protocol):
     """Our frames over a Unix socket. Body frames are relayed as their bytes arrive (a
-    large frame is never held whole); only a response head is read complete first."""
+    large frame is never held whole); only a response head is read complete first.
+    The rest of a large body frame goes from socket to socket by splice(2) when the
+    client takes bytes as fast as they come (`SplicePump`)."""
 
     def __init__(self, on_response_end: Callable[[Channel], None],
                  on_lost: Callable[[], None]) -> None:
@@ -77,6 +84,9 @@ class AppChannel(ReadPausing, asyncio.Protocol):
         self.discarded = False  # closed on purpose: not a sign the process is broken
         self.broken = False     # the app broke the frame protocol on it
         self.app_full = False   # our writes wait in the transport: the app reads slowly
+        self.held = False       # paused by the request: its client reads slowly
+        self.pump: SplicePump | None = None  # kept for the channel's life once made
+        self.pumping = False    # the pump is moving a body frame: the transport waits
         self._on_response_end = on_response_end
         self._on_lost = on_lost
 
@@ -86,6 +96,16 @@ class AppChannel(ReadPausing, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def pause(self) -> None:
+        self.held = True
+        if self.transport is not None and not self.pumping:
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        self.held = False
+        if self.transport is not None and not self.pumping:
+            self.transport.resume_reading()
 
     def pause_writing(self) -> None:
         self.app_full = True
@@ -105,8 +125,15 @@ class AppChannel(ReadPausing, asyncio.Protocol):
             self.transport.write(data)
 
     def close(self) -> None:
+        self._close_pump()
         if self.transport is not None:
             self.transport.close()
+
+    def _close_pump(self) -> None:
+        if self.pump is not None:
+            self.pump.close()
+            self.pump = None
+        self.pumping = False
 
     def discard(self) -> None:
         """Close on purpose (the client went away): the loader sees EOF/EPIPE and stops."""
@@ -168,6 +195,73 @@ class AppChannel(ReadPausing, asyncio.Protocol):
             self.buffer += data[pos:]
         if sink is not None:
             sink.flush()
+            if self.frame_remaining >= SPLICE_MIN:
+                self._splice(sink)
+
+    # -- large body frames, socket to socket -------------------------------------------
+
+    def _splice(self, sink: ResponseSink) -> bool:
+        """Hand the rest of this body frame to the pump, if the request can take it so.
+        -> whether the pump took it (it may even have finished already)."""
+        transport = self.transport
+        target = sink.splice_target(self.frame_remaining)
+        if target is None or transport is None:
+            return False
+        client_fd, count = target
+        try:
+            if self.pump is None:
+                self.pump = SplicePump(asyncio.get_running_loop(),
+                                       transport.get_extra_info("socket").fileno())
+            if not self.pumping:
+                self.pumping = True
+                transport.pause_reading()
+            self.pump.run(client_fd, count, self._spliced)
+        except OSError as exc:  # out of descriptors: the usual way it is
+            log.debug("No splice for this response (%s)", exc)
+            self._close_pump()
+            self._resume_transport()
+            return False
+        return True
+
+    def _spliced(self, moved: int, leftover: bytes, finished: bool) -> None:
+        self.frame_remaining -= moved + len(leftover)
+        sink = self.sink
+        if sink is not None:
+            sink.on_response_spliced(moved)
+            if leftover:
+                sink.on_response_body(leftover)
+                sink.flush()
+        if finished and sink is not None and not self.frame_remaining:
+            # The next frame's length, read here: if it is another large body frame
+            # (a file goes in frames of a megabyte) the pump goes on with it.
+            asyncio.get_running_loop().call_soon(self._next_frame)
+            return
+        self._resume_transport()
+
+    def _next_frame(self) -> None:
+        header = b""
+        if self.pump is not None and self.sink is not None and not self.held:
+            try:
+                header = os.read(self.pump.source, LENGTH.size)
+            except (BlockingIOError, InterruptedError):
+                pass
+            except OSError:
+                header = b""
+        if len(header) == LENGTH.size and self.sink is not None:
+            n = LENGTH.unpack(header)[0]
+            if SPLICE_MIN <= n < proto.ABORT_MARK:
+                self.frame_remaining = n
+                if self._splice(self.sink):
+                    return
+                self.frame_remaining = 0  # it goes the usual way, header and all
+        self._resume_transport()
+        if header:  # a frame of another kind (or one to relay ourselves) begins with it
+            self.data_received(header)
+
+    def _resume_transport(self) -> None:
+        self.pumping = False
+        if self.transport is not None and not self.held:
+            self.transport.resume_reading()
 
     def _broken(self, what: str) -> None:
         """The app broke the frame protocol: this connection cannot be trusted again."""
@@ -188,5 +282,6 @@ class AppChannel(ReadPausing, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._close_pump()
         if not self.discarded:
             self._on_lost()

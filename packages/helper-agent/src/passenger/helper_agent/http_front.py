@@ -189,6 +189,17 @@ class HttpConnection(asyncio.Protocol):
         if len(self.spool) > MAX_RESPONSE_SPOOL and not self.app_held:
             self._hold_app(True)
 
+    def splice_fd(self) -> int:
+        """Our socket, if bytes may be written to it directly now (nothing waits in the
+        transport or the spool, and the client takes bytes), else -1."""
+        transport = self.transport
+        if transport is None or self.spool is not None or self.writing_paused \
+                or self.tunnel is not None or self.file_body is not None \
+                or transport.get_write_buffer_size():
+            return -1
+        sock = transport.get_extra_info("socket")
+        return -1 if sock is None else int(sock.fileno())
+
     def pause_writing(self) -> None:
         self.writing_paused = True
         if self.tunnel is not None:

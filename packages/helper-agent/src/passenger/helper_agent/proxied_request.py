@@ -51,6 +51,7 @@ class ClientConnection(Protocol):
     server_header: bytes
 
     def write(self, data: bytes) -> None: ...
+    def splice_fd(self) -> int: ...
     def pause_reading(self, reason: str) -> None: ...
     def resume_reading(self, reason: str) -> None: ...
     def request_finished(self, request: Request) -> None: ...
@@ -280,6 +281,22 @@ class Request:
                 return
         self.bytes_sent += len(data)
         self.out.append(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+
+    def splice_target(self, count: int) -> tuple[int, int] | None:
+        """The client's descriptor and how many of the `count` body bytes coming may go
+        to it by splice(2): only unframed bytes (not chunked), all of them due, while
+        the client has nothing pending."""
+        if self.drop_body or self.done or self.chunked or self.out:
+            return None
+        fd = self.conn.splice_fd()
+        if fd < 0:
+            return None
+        return fd, count if self.remaining < 0 else min(count, self.remaining)
+
+    def on_response_spliced(self, moved: int) -> None:
+        self.bytes_sent += moved
+        if self.remaining >= 0:
+            self.remaining -= moved
 
     def on_upgrade(self, app: asyncio.Transport) -> Tunnel | None:
         """The app switched protocols (101): the connection becomes a tunnel."""

@@ -114,6 +114,29 @@ def send(conn: socket.socket, data: bytes) -> None:
         raise ChannelLost(str(exc)) from None
 
 
+JOIN_MAX = 64 * 1024  # a body up to this is joined with its head: one plain send
+GATHER_MAX = 512  # buffers per sendmsg(2), under the kernel's IOV_MAX (1024)
+
+
+def send_buffers(conn: socket.socket, buffers: list[bytes]) -> None:
+    """Send the buffers in order without joining them: a body of many megabytes is not
+    copied in our memory on its way out, only by the kernel."""
+    views = [memoryview(b) for b in buffers if b]
+    first = 0
+    try:
+        while first < len(views):
+            sent = conn.sendmsg(views[first:first + GATHER_MAX])
+            while sent:
+                size = len(views[first])
+                if sent < size:  # the kernel took part of this buffer
+                    views[first] = views[first][sent:]
+                    break
+                sent -= size
+                first += 1
+    except OSError as exc:
+        raise ChannelLost(str(exc)) from None
+
+
 class BodyReader:
     """`wsgi.input`: reads the chunk frames of one request body, and signals EOF. If the
     client goes away mid-body (the helper agent closes our connection), it just ends
@@ -367,14 +390,18 @@ class RequestHandler:
             return head
 
         def write(data: bytes) -> None:
-            out = b""
+            out = []
             if state["head"] is None:
                 head = response_head()
-                out = head.encode(proto, head.content_length)
+                out.append(head.encode(proto, head.content_length))
             if data and not is_head:
-                out += proto.encode_chunk(data)
-            if out:
-                send(conn, out)
+                out += (proto.LENGTH.pack(len(data)), data)
+            if not out:
+                return
+            if len(out) == 1 or len(data) <= JOIN_MAX:
+                send(conn, b"".join(out))
+            else:
+                send_buffers(conn, out)
 
         result: Any = None
         try:
@@ -383,13 +410,17 @@ class RequestHandler:
                 if isinstance(result, (list, tuple)):
                     # The whole body is known: one write, with its length.
                     head = response_head()
-                    data = b"".join(result)
+                    size = sum(len(chunk) for chunk in result)
                     length = head.content_length
                     if length < 0 and not is_head:  # HEAD: never a length we invent
-                        length = len(data)
-                    if data and not is_head:
-                        send(conn, b"".join((head.encode(proto, length),
-                                             proto.LENGTH.pack(len(data)), data, proto.END)))
+                        length = size
+                    if size and not is_head:
+                        frames = [head.encode(proto, length), proto.LENGTH.pack(size),
+                                  *result, proto.END]
+                        if size <= JOIN_MAX:
+                            send(conn, b"".join(frames))
+                        else:
+                            send_buffers(conn, frames)
                     else:
                         send(conn, head.encode(proto, length) + proto.END)
                     return
