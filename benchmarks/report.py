@@ -1,30 +1,78 @@
-"""Turning measurements into the one printed report (Markdown tables, so the README can
-take them as they are) and the JSON beside it, so that runs can be compared later."""
+"""Turning measurements into the one printed report (Markdown, so the README can take it
+as it is) and the JSON beside it, so that runs can be compared later."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import statistics
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from benchmarks import bigbody
+from benchmarks.goals import Goal, Summary, agents_mb
+from benchmarks.servers import GTHREAD, GUNICORN, OURS, PASSENGER, UWSGI
 from benchmarks.supervision import Timing
 from benchmarks.throughput import Run
+
+REPO = Path(__file__).resolve().parent.parent
 
 SUPERVISION_ROWS = [
     ("kill_app_back_to_min", "kill -9 idle app process → pool back to 2"),
     ("kill_app_dropped", "kill -9 idle app process → dead one gone from the pool"),
     ("kill_front_first_200", "kill -9 helper agent (Passenger: core) → first 200"),
     ("kill_front_pool_back", "kill -9 helper agent (Passenger: core) → 2 new processes"),
-    ("kill_front_failed_requests", "… requests failed meanwhile (count, not ms)"),
+    ("kill_front_failed_requests",
+     "… requests failed meanwhile (count per rep; GET / every 5 ms, 1 s timeout each)"),
+    ("restart_app_replaced", "restart-app → all processes replaced"),
+    ("restart_app_failed_requests",
+     "… requests failed meanwhile (count per rep; GET / every 5 ms, 1 s timeout each)"),
     ("start_first_200", "start → first 200"),
     ("start_all_processes", "start → both processes listed"),
     ("stop", "graceful stop (SIGTERM; Passenger: also Ctrl-C to its launcher) → all exited"),
-    ("restart_app_replaced", "restart-app → all processes replaced"),
 ]
+COUNT_ROWS = {"kill_front_failed_requests", "restart_app_failed_requests"}
+
+DESCRIPTIONS = {
+    OURS: "ours: `passenger start APP --min-instances 2 --max-pool-size 2 "
+          "--environment production` (helper agent in front of 2 app processes)",
+    GUNICORN: "gunicorn sync: `gunicorn -w 2` (its default worker)",
+    GTHREAD: "gunicorn gthread: `gunicorn -w 2 -k gthread --threads 4` (keep-alive)",
+    UWSGI: "uWSGI: `uwsgi --http-socket --processes 2 --master --wsgi-file "
+           "passenger_wsgi.py --disable-logging --die-on-term --add-header "
+           "'Connection: close'` (2 processes answering HTTP themselves, no proxy hop)",
+    PASSENGER: "Passenger 6 (Debian): `/usr/bin/passenger start --engine=builtin "
+               "--min-instances 2 --max-pool-size 2 --environment production`",
+}
+# Servers whose keep-alive wrk figures need a word next to them.
+CLOSERS = {
+    GUNICORN: "gunicorn's sync worker closes the connection after every response "
+              "(`Connection: close`), so a keep-alive wrk run mostly measures its "
+              "reconnects (a new TCP connection per request)",
+    UWSGI: "uWSGI's --http-socket closes the connection after every response too "
+           "(keep-alive there, --http11-socket, would let 2 connections hog the 2 "
+           "processes and starve the other 62 at c=64), so its figures include a "
+           "reconnect per request",
+}
+
+
+def _run(cmd: list[str]) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False,
+                              timeout=30).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def commit() -> str:
+    """`git rev-parse --short HEAD`, plus "+dirty" when the work tree has changes."""
+    head = _run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]) or "unknown"
+    dirty = _run(["git", "-C", str(REPO), "status", "--porcelain"])
+    return head + ("+dirty" if dirty else "")
 
 
 def machine() -> dict[str, Any]:
@@ -37,91 +85,138 @@ def machine() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    banner = subprocess.run(["wrk", "-v"], capture_output=True, text=True,
-                            check=False).stdout.split(" [", 1)[0].replace("debian/", "")
+    banner = _run(["wrk", "-v"]).split(" [", 1)[0].replace("debian/", "")
     return {"nproc": os.cpu_count(), "cpu_model": model,
             "python": platform.python_version(), "python_executable": sys.executable,
             "kernel": platform.release(), "wrk": banner.strip() or "wrk ?",
-            "loadavg_at_start": os.getloadavg()}
+            "loadavg_at_start": os.getloadavg(), "commit": commit(),
+            "date": datetime.date.today().isoformat()}
+
+
+def _cell(label: str) -> str:
+    return label + (" †" if label in CLOSERS else "")
+
+
+def _closer_notes(labels: Sequence[str]) -> list[str]:
+    return [f"† {label}: {CLOSERS[label]}." for label in labels if label in CLOSERS]
 
 
 # -- throughput ----------------------------------------------------------------------
 
-def summarize(runs: Sequence[Run]) -> dict[str, dict[int, dict[str, Any]]]:
-    """Per server and concurrency: medians over rounds, errors summed."""
-    out: dict[str, dict[int, dict[str, Any]]] = {}
+def summarize(runs: Sequence[Run]) -> Summary:
+    """Per scenario, server and concurrency: medians and spread over rounds."""
+    grouped: dict[str, dict[str, dict[int, list[Run]]]] = {}
     for run in runs:
-        out.setdefault(run.server, {}).setdefault(run.result.connections, {"runs": []})
-        out[run.server][run.result.connections]["runs"].append(run)
-    for per_conns in out.values():
-        for entry in per_conns.values():
-            rs: list[Run] = entry.pop("runs")
-            entry["rps"] = statistics.median(r.result.rps for r in rs)
-            entry["p50_ms"] = statistics.median(r.result.p50_ms for r in rs)
-            entry["p99_ms"] = statistics.median(r.result.p99_ms for r in rs)
-            entry["errors"] = sum(r.result.errors for r in rs)
-            entry["requests"] = sum(r.result.requests for r in rs)
-            entry["rps_rounds"] = [r.result.rps for r in rs]
-            entry["p99_rounds"] = [r.result.p99_ms for r in rs]
-            names = {n for r in rs for n in r.cpu_pct}
-            entry["cpu_pct"] = {n: statistics.median(r.cpu_pct.get(n, 0.0) for r in rs)
-                                for n in sorted(names)}
+        grouped.setdefault(run.scenario, {}).setdefault(run.server, {}) \
+            .setdefault(run.result.connections, []).append(run)
+    out: Summary = {}
+    for scenario, per_server in grouped.items():
+        for server, per_conns in per_server.items():
+            for conns, rs in per_conns.items():
+                rps = [r.result.rps for r in rs]
+                p99 = [r.result.p99_ms for r in rs]
+                names = sorted({n for r in rs for n in r.cpu_pct})
+                front = [x for r in rs if (x := r.front_us) is not None]
+                apps = [x for r in rs if (x := r.apps_us) is not None]
+                out.setdefault(scenario, {}).setdefault(server, {})[conns] = {
+                    "rps": statistics.median(rps), "rps_min": min(rps), "rps_max": max(rps),
+                    "p50_ms": statistics.median(r.result.p50_ms for r in rs),
+                    "p99_ms": statistics.median(p99), "p99_min": min(p99),
+                    "p99_max": max(p99),
+                    "errors": sum(r.result.errors for r in rs),
+                    "requests": sum(r.result.requests for r in rs),
+                    "rps_rounds": rps, "p99_rounds": p99,
+                    "cpu_pct": {n: statistics.median(r.cpu_pct.get(n, 0.0) for r in rs)
+                                for n in names},
+                    "front": rs[0].front,
+                    "front_us": statistics.median(front) if front else None,
+                    "apps_us": statistics.median(apps) if apps else None,
+                }
     return out
 
 
-def ratios(summary: dict[str, dict[int, dict[str, Any]]],
-           ours: str) -> dict[str, dict[int, dict[str, float]]]:
-    out: dict[str, dict[int, dict[str, float]]] = {}
-    for peer, per_conns in summary.items():
-        if peer == ours:
-            continue
-        for conns, entry in per_conns.items():
-            mine = summary[ours].get(conns)
-            if mine and entry["rps"] and entry["p99_ms"]:
-                out.setdefault(peer, {})[conns] = {
-                    "rps": mine["rps"] / entry["rps"], "p99": mine["p99_ms"] / entry["p99_ms"]}
-    return out
-
-
-def throughput_table(summary: dict[str, dict[int, dict[str, Any]]]) -> str:
-    lines = ["| server | conns | req/s | p50 | p99 | errors | req/s per round | p99 per round |",
-             "|---|---:|---:|---:|---:|---:|---|---|"]
-    conns_all = sorted({c for per in summary.values() for c in per})
+def throughput_table(per_server: dict[str, dict[int, dict[str, Any]]]) -> str:
+    lines = ["| server | conns | req/s median [min–max] | p50 | p99 median [min–max] | "
+             "errors | req/s per round |",
+             "|---|---:|---|---:|---|---:|---|"]
+    conns_all = sorted({c for per in per_server.values() for c in per})
     for conns in conns_all:
-        for server, per_conns in summary.items():
+        for server, per_conns in per_server.items():
             e = per_conns.get(conns)
             if e is None:
                 continue
             rounds = " / ".join(f"{x:,.0f}" for x in e["rps_rounds"])
-            p99s = " / ".join(f"{x:.2f}" for x in e["p99_rounds"])
-            lines.append(f"| {server} | {conns} | {e['rps']:,.0f} | {e['p50_ms']:.2f} ms | "
-                         f"{e['p99_ms']:.2f} ms | {e['errors']} | {rounds} | {p99s} |")
-    return "\n".join(lines)
+            lines.append(
+                f"| {_cell(server)} | {conns} | {e['rps']:,.0f} [{e['rps_min']:,.0f}–"
+                f"{e['rps_max']:,.0f}] | {e['p50_ms']:.2f} ms | {e['p99_ms']:.2f} "
+                f"[{e['p99_min']:.2f}–{e['p99_max']:.2f}] ms | {e['errors']} | {rounds} |")
+    return "\n".join([*lines, "", *_closer_notes(list(per_server))])
 
 
-def ratio_table(rat: dict[str, dict[int, dict[str, float]]], ours: str) -> str:
-    if not rat:
-        return "(no peers measured)"
-    conns_all = sorted({c for per in rat.values() for c in per})
+def ratio_table(per_server: dict[str, dict[int, dict[str, Any]]], ours: str) -> str:
+    mine = per_server.get(ours)
+    peers = [p for p in per_server if p != ours]
+    if not mine or not peers:
+        return "(no ratios: ours or the peers not measured)"
+    conns_all = sorted(mine)
     head = "| ours ÷ peer | " + " | ".join(
         f"req/s at {c} | p99 at {c}" for c in conns_all) + " |"
     lines = [head, "|---|" + "---:|" * (2 * len(conns_all))]
-    for peer, per in rat.items():
+    for peer in peers:
         cells = []
         for c in conns_all:
-            r = per.get(c)
-            cells += [f"{r['rps']:.2f}×", f"{r['p99']:.2f}×"] if r else ["–", "–"]
-        lines.append(f"| {ours} ÷ {peer} | " + " | ".join(cells) + " |")
+            e = per_server[peer].get(c)
+            if e and e["rps"] and e["p99_ms"]:
+                cells += [f"{mine[c]['rps'] / e['rps']:.2f}×",
+                          f"{mine[c]['p99_ms'] / e['p99_ms']:.2f}×"]
+            else:
+                cells += ["–", "–"]
+        lines.append(f"| {ours} ÷ {_cell(peer)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n(req/s: higher is better for us; p99: lower is better for us)"
 
 
-def cpu_table(summary: dict[str, dict[int, dict[str, Any]]]) -> str:
-    lines = ["| server | conns | CPU, % of one core (median over rounds) |", "|---|---:|---|"]
-    for server, per_conns in summary.items():
-        for conns, e in sorted(per_conns.items()):
-            parts = ", ".join(f"{n} {pct:.0f}%" for n, pct in e["cpu_pct"].items())
-            lines.append(f"| {server} | {conns} | {parts} |")
+def cpu_per_request_table(summary: Summary) -> str:
+    lines = ["| scenario | conns | server | front process | front µs/request | "
+             "apps µs/request | together |",
+             "|---|---:|---|---|---:|---:|---:|"]
+    for scenario, per_server in summary.items():
+        for server, per_conns in per_server.items():
+            for conns, e in sorted(per_conns.items()):
+                front = e["front_us"]
+                apps = e["apps_us"]
+                total = (front or 0.0) + (apps or 0.0)
+                lines.append(
+                    f"| {scenario} | {conns} | {server} | {e['front'] or '– (apps accept)'} | "
+                    f"{f'{front:.1f}' if front is not None else '–'} | "
+                    f"{f'{apps:.1f}' if apps is not None else '–'} | {total:.1f} |")
     return "\n".join(lines)
+
+
+def cpu_table(summary: Summary) -> str:
+    lines = ["| scenario | server | conns | CPU, % of one core (median over rounds) |",
+             "|---|---|---:|---|"]
+    for scenario, per_server in summary.items():
+        for server, per_conns in per_server.items():
+            for conns, e in sorted(per_conns.items()):
+                parts = ", ".join(f"{n} {pct:.0f}%" for n, pct in e["cpu_pct"].items())
+                lines.append(f"| {scenario} | {server} | {conns} | {parts} |")
+    return "\n".join(lines)
+
+
+# -- big bodies ----------------------------------------------------------------------
+
+def bigbody_table(results: dict[str, dict[str, bigbody.Result]], reps: int) -> str:
+    servers = list(dict.fromkeys(s for per in results.values() for s in per))
+    lines = ["| MB/s (10^6 B/s), median [min–max] | " + " | ".join(servers) + " |",
+             "|---|" + "---|" * len(servers)]
+    titles = {c.key: c.title for c in bigbody.CASES}
+    for key, per in results.items():
+        cells = [per[s].summary() if s in per else "–" for s in servers]
+        lines.append(f"| {titles.get(key, key)} | " + " | ".join(cells) + " |")
+    errors = [f"- {s} {key}: {e}" for key, per in results.items() for s, r in per.items()
+              for e in r.errors]
+    text = "\n".join(lines) + f"\n({reps} timed transfers each, after one unrecorded)"
+    return text + ("\n\nFailed transfers:\n" + "\n".join(errors) if errors else "")
 
 
 # -- supervision and memory ----------------------------------------------------------
@@ -137,7 +232,7 @@ def supervision_table(sup: dict[str, dict[str, Timing]]) -> str:
         for label in labels:
             t = sup[label].get(key)
             cell = "–" if t is None else t.summary()
-            if t is not None and key == "kill_front_failed_requests" and t.values_ms:
+            if t is not None and key in COUNT_ROWS and t.values_ms:
                 cell = "/".join(f"{v:.0f}" for v in t.values_ms)
             elif key == "restart_app_replaced" and t is not None and t.values_ms:
                 cell += f" ({t.notes[-1]})" if t.notes else ""
@@ -146,100 +241,101 @@ def supervision_table(sup: dict[str, dict[str, Timing]]) -> str:
     return "\n".join(lines)
 
 
+def startup_table(sup: dict[str, dict[str, Timing]], ours: str) -> str:
+    def med(label: str) -> float | None:
+        t = sup.get(label, {}).get("start_first_200")
+        return statistics.median(t.values_ms) if t is not None and t.values_ms else None
+    mine = med(ours)
+    lines = ["| server | start → first 200, ms median [min–max] | ours ÷ server |",
+             "|---|---|---:|"]
+    for label in sup:
+        t = sup[label].get("start_first_200")
+        theirs = med(label)
+        ratio = f"{mine / theirs:.2f}×" if mine is not None and theirs else "–"
+        lines.append(f"| {label} | {t.summary() if t else '–'} | {ratio} |")
+    return "\n".join(lines) + "\n(ratio: lower is better for us; the goal is ≤ 1.00× Passenger)"
+
+
 def _mb(kb: float) -> str:
     return f"{kb / 1024:.1f} MB"
 
 
 def memory_table(mem: dict[str, list[dict[str, Any]]]) -> str:
-    lines = ["| server | agents / front (each) | agents total | app processes (each) | "
-             "apps total | all | not counted |",
-             "|---|---|---:|---|---:|---:|---|"]
+    lines = ["| server | agents (each) | agents total | preloader | app processes (each) | "
+             "apps total | not counted |",
+             "|---|---|---:|---:|---|---:|---|"]
     for server, entries in mem.items():
-        agents = [e for e in entries if e["role"] == "agent"]
-        apps = [e for e in entries if e["role"] == "app"]
-        others = [e for e in entries if e["role"] == "launcher"]
-        a_total = sum(e.get("private_dirty_kb", 0) for e in agents)
+        def pick(role: str, es: list[dict[str, Any]] = entries) -> list[dict[str, Any]]:
+            return [e for e in es if e["role"] == role]
+        agents, apps = pick("agent"), pick("app")
+        pre = sum(e.get("private_dirty_kb", 0) for e in pick("preloader"))
         p_total = sum(e.get("private_dirty_kb", 0) for e in apps)
         each_agent = ", ".join(f"{e['name']} {_mb(e.get('private_dirty_kb', 0))}"
                                for e in agents)
         each_app = ", ".join(_mb(e.get("private_dirty_kb", 0)) for e in apps)
         other = ", ".join(f"{e['name']} {_mb(e.get('private_dirty_kb', 0))}"
-                          for e in others) or "–"
-        lines.append(f"| {server} | {each_agent} | {_mb(a_total)} | {each_app} | "
-                     f"{_mb(p_total)} | {_mb(a_total + p_total)} | {other} |")
+                          for e in pick("launcher")) or "–"
+        lines.append(f"| {server} | {each_agent} | {agents_mb(entries):.1f} MB | "
+                     f"{_mb(pre) if pick('preloader') else '–'} | {each_app} | "
+                     f"{_mb(p_total)} | {other} |")
     return "\n".join(lines)
 
 
-# -- goals (issue 3, "what it must show") -------------------------------------------
+# -- the whole report ----------------------------------------------------------------
 
-def goals(summary: dict[str, dict[int, dict[str, Any]]],
-          rat: dict[str, dict[int, dict[str, float]]], sup: dict[str, dict[str, Timing]],
-          ours: str, passenger: str | None, gunicorn: str | None) -> list[str]:
-    out = []
-
-    def verdict(ok: bool) -> str:
-        return "PASS" if ok else "FAIL"
-
-    conns_all = sorted(summary.get(ours, {}))
-    if passenger and passenger in rat:
-        r = rat[passenger]
-        vals = [r[c]["rps"] for c in conns_all if c in r]
-        out.append(f"{verdict(all(v >= 1.0 for v in vals))}  req/s ≥ 1.0× Passenger at "
-                   + ", ".join(f"{c} conns ({r[c]['rps']:.2f}×)" for c in conns_all if c in r))
-        p99 = [r[c]["p99"] for c in conns_all if c in r]
-        out.append(f"{verdict(all(v <= 1.0 for v in p99))}  p99 ≤ Passenger's at "
-                   + ", ".join(f"{c} conns ({summary[ours][c]['p99_ms']:.2f} vs "
-                               f"{summary[passenger][c]['p99_ms']:.2f} ms)"
-                               for c in conns_all if c in r))
-    else:
-        out.append("----  req/s and p99 vs Passenger: not measured (add --with-passenger)")
-    if gunicorn and gunicorn in rat:
-        r = rat[gunicorn]
-        vals = [r[c]["rps"] for c in conns_all if c in r]
-        out.append(f"{verdict(all(v >= 1.2 for v in vals))}  req/s ≥ 1.2× gunicorn sync at "
-                   + ", ".join(f"{c} conns ({r[c]['rps']:.2f}×)" for c in conns_all if c in r))
-    kill = sup.get(ours, {}).get("kill_app_back_to_min")
-    if kill is not None and kill.values_ms:
-        med = statistics.median(kill.values_ms)
-        out.append(f"{verdict(med <= 300)}  kill -9 of an idle app process → back to "
-                   f"min-instances in ≤ 300 ms median ({med:.0f} ms)")
-    return out
-
-
-def render(meta: dict[str, Any], summary: dict[str, dict[int, dict[str, Any]]],
-           rat: dict[str, dict[int, dict[str, float]]], sup: dict[str, dict[str, Timing]],
-           mem: dict[str, list[dict[str, Any]]], goal_lines: list[str],
-           profile_text: str = "") -> str:
+def render(meta: dict[str, Any], summary: Summary, sup: dict[str, dict[str, Timing]],
+           memory: dict[str, Any], big: dict[str, dict[str, bigbody.Result]],
+           goal_list: list[Goal], chart_line: str, profile_text: str = "") -> str:
     m = meta["machine"]
     load = ", ".join(f"{x:.2f}" for x in m["loadavg_at_start"])
+    ours = meta["ours"]
     parts = [
-        f"# Benchmark {meta['started_utc']} UTC",
-        f"Machine: {m['nproc']} × {m['cpu_model']} (nproc {m['nproc']}), Linux "
-        f"{m['kernel']}, Python {m['python']}, {m['wrk']}; load average at start {load}.",
+        f"# Benchmark {m['date']} ({meta['started_utc']} UTC), commit {m['commit']}",
+        f"Machine: nproc {m['nproc']}, {m['cpu_model']}, Linux {m['kernel']} (uname -r); "
+        f"Python {m['python']}, {m['wrk']}; load average at start {load}.",
         f"Command: `{meta['command']}`",
-        f"Each server: 2 processes of the hello app on 127.0.0.1; wrk -t2 -d{meta['duration']:g}s "
-        f"at {', '.join(str(c) for c in meta['connections'])} connections after a "
-        f"{meta['warmup']:g} s warm-up; servers alternated "
-        f"({' '.join(meta['servers'])}) × {meta['rounds']} rounds; values are medians over "
-        "rounds; errors = non-2xx responses + socket errors, summed.",
         "",
-        "## Throughput and latency",
-        throughput_table(summary),
+        "Servers (each 2 app processes on 127.0.0.1, same interpreter):",
+        *[f"- {DESCRIPTIONS.get(label, label + ': ours at ' + label.split('@', 1)[-1])}"
+          for label in meta["servers"]],
         "",
-        ratio_table(rat, meta["ours"]),
+        f"Throughput: wrk -t2 -d{meta['duration']:g}s --latency at "
+        f"{', '.join(str(c) for c in meta['connections'])} connections after a "
+        f"{meta['warmup']:g} s unrecorded warm-up, {meta['rounds']} round(s); round r "
+        "starts at server r mod n (order rotated); median [min–max] over rounds; errors = "
+        "non-2xx responses + socket errors, summed.",
         "",
-        "## CPU while serving",
-        cpu_table(summary),
-        "",
-        f"## Supervision, no traffic ({meta['reps']} reps each)",
-        supervision_table(sup),
-        "",
-        "## Memory: private dirty RSS (smaps_rollup), idle, right after the load runs",
-        memory_table(mem),
-        "",
-        "## Goals (issue 3)",
-        *goal_lines,
+        "## Goals (Performance wave 2)",
+        "```",
+        *[g.line() for g in goal_list],
+        "```",
     ]
+    for scenario in ("hello", "django"):
+        if scenario not in summary:
+            continue
+        parts += ["", f"## {scenario}: throughput and latency ({meta['apps'][scenario]})",
+                  throughput_table(summary[scenario]), "",
+                  ratio_table(summary[scenario], ours)]
+    if summary:
+        parts += ["", "## CPU per request (utime + stime from /proc/PID/stat over each run "
+                  "÷ requests served; median over rounds)",
+                  cpu_per_request_table(summary), "",
+                  "## CPU while serving", cpu_table(summary)]
+    if big:
+        parts += ["", f"## Big bodies ({meta['apps']['bigbody']}, one connection, "
+                  "our timed client)", bigbody_table(big, meta["bigbody_reps"]),
+                  "(static: ours and Passenger serve APP_DIR/public themselves; compare "
+                  "gunicorn's and uWSGI's file_wrapper figure)"]
+    if memory.get("idle"):
+        parts += ["", "## Memory: private dirty (smaps_rollup, MB = MiB), hello app",
+                  "Idle, before any load:", memory_table(memory["idle"])]
+    if memory.get("loaded"):
+        parts += ["", f"Idle again after {memory['load_s']:.0f} s of wrk load per server "
+                  f"({memory['load_how']}):", memory_table(memory["loaded"])]
+    if sup:
+        parts += ["", f"## Supervision, no traffic ({meta['reps']} reps each)",
+                  supervision_table(sup), "", "## Start-up", startup_table(sup, ours)]
+    parts += ["", chart_line]
     if profile_text:
         parts += ["", profile_text]
     return "\n".join(parts) + "\n"

@@ -1,9 +1,16 @@
 """The servers under test, behind one small interface, so every measurement treats ours
 and the peers the same way.
 
-Each server runs 2 processes of the same hello app on 127.0.0.1, in its own work
-directory and instance registry, with a private environment tag (see procs.py) so that
-`stop()` can always find and end everything it started, daemonized children included.
+Each server runs 2 processes of the app it is given (hello, django or bigbody, see
+appsetup.py) on 127.0.0.1, in its own work directory and instance registry, with a
+private environment tag (see procs.py) so that `stop()` can always find and end
+everything it started, daemonized children included.
+
+Roles of processes: `agent` (what the server runs besides the app: our watchdog, helper
+agent and logging agent; Passenger's watchdog, core and temp-dir toucher; gunicorn's and
+uWSGI's master), `app`, `preloader` (ours: the process apps are forked from; app-side,
+not an agent) and `launcher` (Passenger's ruby `passenger start` and its `tail`, which
+exist only in its foreground mode: listed apart, never counted).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import abc
 import base64
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -29,6 +37,12 @@ from typing import Any, ClassVar
 from benchmarks import procs
 
 APP_PROCESSES = 2
+# Labels of the servers in reports (a --baseline run adds "ours@GIT_REF").
+OURS = "ours"
+GUNICORN = "gunicorn-sync"
+GTHREAD = "gunicorn-gthread"
+UWSGI = "uwsgi"
+PASSENGER = "passenger"
 REAL_PASSENGER = "/usr/bin/passenger"            # Debian's: same command name as ours
 REAL_PASSENGER_CONFIG = "/usr/bin/passenger-config"
 
@@ -47,7 +61,11 @@ class Server(abc.ABC):
     """A server under test. Subclasses say how to start it and how to see its processes."""
 
     kind: ClassVar[str]
-    front_name: ClassVar[str | None] = None  # what `kill_front()` kills, None if n/a
+    # The process that fronts requests (what `kill_front()` kills and whose CPU per
+    # request is measured): a ProcInfo name, None when the app processes accept
+    # connections themselves (gunicorn, uWSGI --http-socket).
+    front_name: ClassVar[str | None] = None
+    serves_static: ClassVar[bool] = False   # answers APP_DIR/public/* without the app
     restart_name: ClassVar[str] = "restart"
 
     def __init__(self, label: str, workdir: Path, app_dir: Path, tag: str,
@@ -178,6 +196,7 @@ def _children_named(pid: int, *prefixes: str) -> list[int]:
 class OurServer(Server):
     kind = "ours"
     front_name = "helper agent"
+    serves_static = True
     restart_name = "passenger-config restart-app"
 
     def __init__(self, label: str, workdir: Path, app_dir: Path, tag: str, python: str,
@@ -216,7 +235,7 @@ class OurServer(Server):
                 for app in procs.children(agent):
                     app_title = procs.cmdline(app)
                     if app_title.startswith("Passenger AppPreloader"):
-                        out.append(ProcInfo("agent", "preloader", app))
+                        out.append(ProcInfo("preloader", "preloader", app))
                     elif procs.is_alive(app):
                         out.append(ProcInfo("app", "app", app))
             elif "PassengerLoggingAgent" in title:
@@ -289,11 +308,54 @@ class GunicornServer(Server):
         return "kill -HUP master"
 
 
+class UwsgiServer(Server):
+    """uWSGI from PyPI, the "C speed" reference: 2 preforked processes answering HTTP
+    themselves (--http-socket, no router process in between).
+
+    --http-socket closes the connection after every response (as gunicorn's sync worker
+    does); `Connection: close` is added so that clients know and reconnect instead of
+    counting a read error. (--http11-socket would keep connections open, but then each
+    of the 2 processes serves one connection at a time and the other 62 of a `wrk -c64`
+    run never get an answer.) --die-on-term makes SIGTERM stop it (its default is a
+    reload); --virtualenv points its embedded Python at the interpreter's environment.
+    """
+
+    kind = "uwsgi"
+    restart_name = "kill -HUP master"
+
+    def __init__(self, label: str, workdir: Path, app_dir: Path, tag: str, python: str,
+                 bin_dir: Path) -> None:
+        super().__init__(label, workdir, app_dir, tag, python)
+        self.bin_dir = bin_dir
+
+    def command(self) -> list[str]:
+        return [str(self.bin_dir / "uwsgi"), "--http-socket", f"127.0.0.1:{self.port}",
+                "--processes", str(APP_PROCESSES), "--master", "--chdir", str(self.app_dir),
+                "--wsgi-file", "passenger_wsgi.py", "--callable", "application",
+                "--disable-logging", "--die-on-term", "--add-header", "Connection: close",
+                "--virtualenv", python_prefix(self.python)]
+
+    def processes(self) -> list[ProcInfo]:
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        out = [ProcInfo("agent", "master", self.proc.pid)]
+        out += [ProcInfo("app", "worker", c) for c in procs.children(self.proc.pid)
+                if procs.is_alive(c)]
+        return out
+
+    def restart_app(self) -> str | None:
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGHUP)   # graceful reload of every worker
+        return "kill -HUP master"
+
+
 class RealPassenger(Server):
     """Phusion Passenger 6 from Debian, builtin engine, in the foreground."""
 
     kind = "passenger"
     front_name = "core"
+    serves_static = True
     restart_name = "passenger-config restart-app"
 
     def __init__(self, label: str, workdir: Path, app_dir: Path, tag: str,
@@ -432,3 +494,10 @@ def have_real_passenger() -> bool:
 def default_python() -> str:
     """Every server runs its app on this interpreter, so only the servers differ."""
     return sys.executable
+
+
+@functools.cache
+def python_prefix(python: str) -> str:
+    """sys.prefix of `python` (its venv), for servers that embed their own Python."""
+    return subprocess.run([python, "-c", "import sys; print(sys.prefix)"], check=True,
+                          capture_output=True, text=True, timeout=30).stdout.strip()

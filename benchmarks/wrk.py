@@ -8,6 +8,7 @@ CPU per request with and without it), so every measured run uses it.
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -62,10 +63,12 @@ def write_script(directory: Path) -> Path:
 
 
 def run(port: int, connections: int, duration: float, script: Path, threads: int = 2,
-        timeout_s: int = 5) -> WrkResult:
-    """One bounded wrk run against http://127.0.0.1:port/ (keep-alive, as wrk always is)."""
-    cmd = [WRK, f"-t{threads}", f"-c{connections}", f"-d{duration:g}s", "--latency",
-           f"--timeout={timeout_s}s", "-s", str(script), f"http://127.0.0.1:{port}/"]
+        timeout_s: int = 5, path: str = "/") -> WrkResult:
+    """One bounded wrk run against http://127.0.0.1:port/PATH (keep-alive, as wrk always
+    is, unless the server closes the connection)."""
+    duration = max(1, math.ceil(duration))      # wrk takes whole seconds only
+    cmd = [WRK, f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
+           f"--timeout={timeout_s}s", "-s", str(script), f"http://127.0.0.1:{port}{path}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60,
                           check=False)
     if proc.returncode != 0:
