@@ -19,11 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from passenger.common import standalone
+from passenger.common.standalone import ConfigError, split_host_port, standalone_file
+
+__all__ = ["OPTIONS", "PRIVILEGED", "AppRoute", "ConfigError", "ServerConfig", "env_name",
+           "flag_name", "parse_allow_ips", "parse_app_flag", "parse_host_port",
+           "parse_values", "read_passengerfile", "resolve", "standalone_file"]
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class ConfigError(ValueError):
-    """An option has a value we cannot use; the message is one line for the user."""
 
 
 def _option(default: Any, help: str, *, minimum: int | None = None,
@@ -160,14 +163,11 @@ class ServerConfig:
 
     @property
     def listen_url(self) -> str:
-        if self.socket:
-            return f"unix:{self.socket}"
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"http://{host}:{self.port}/"
+        return standalone.listen_url(self.address, self.port, self.socket)
 
     def default_log_file(self) -> str:
         """Passenger Standalone's default: `log/passenger.<port>.log` if `log/` exists."""
-        return self.log_file or standalone_file(self.app_root, "log", f"passenger.{self.port}.log")
+        return self.log_file or standalone.default_log_file(self.app_root, self.port)
 
     @property
     def concurrency(self) -> int:
@@ -181,14 +181,7 @@ class ServerConfig:
 
     def default_pid_file(self) -> str:
         """Passenger Standalone's default: `tmp/pids/passenger.<port>.pid` if that dir exists."""
-        return self.pid_file or standalone_file(self.app_root, "tmp/pids",
-                                                f"passenger.{self.port}.pid")
-
-
-def standalone_file(app_root: str, preferred_dir: str, name: str) -> str:
-    """`<app>/<preferred_dir>/<name>` when that directory exists, else `<app>/<name>`."""
-    directory = Path(app_root) / preferred_dir
-    return str(directory / name if directory.is_dir() else Path(app_root) / name)
+        return self.pid_file or standalone.default_pid_file(self.app_root, self.port)
 
 
 @dataclass(frozen=True)
@@ -331,17 +324,13 @@ def parse_allow_ips(spec: str) -> tuple[bool, tuple[IPNetwork, ...]]:
 
 def parse_host_port(spec: str, option: str = "--metrics-address") -> tuple[str, int]:
     """`127.0.0.1:9090`, `[::1]:9090` or `:9090` (all addresses) -> (host, port)."""
-    host, sep, port_text = spec.rpartition(":")
-    allowed = "allowed: HOST:PORT, [IPv6]:PORT or :PORT"
-    if not sep or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-        raise ConfigError(f"{option}: {spec!r} is not HOST:PORT with a port 1..65535; "
-                          f"{allowed}")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    host, port = split_host_port(spec, option)
     try:
-        ipaddress.ip_address(host or "0.0.0.0")
+        ipaddress.ip_address(host)
     except ValueError:
-        raise ConfigError(f"{option}: {host!r} is not an IP address; {allowed}") from None
-    return host or "0.0.0.0", int(port_text)
+        raise ConfigError(f"{option}: {host!r} is not an IP address; "
+                          f"{standalone.HOST_PORT_ALLOWED}") from None
+    return host, port
 
 
 def _checked(config: ServerConfig) -> ServerConfig:

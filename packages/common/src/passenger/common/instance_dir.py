@@ -11,8 +11,11 @@ Layout (Passenger 6 names where they fit)::
         logging.fifo         main log lines for the logging agent
         access.fifo          access log lines for the logging agent
         apps/                one Unix socket per app process
+        buffers/             request and response bodies the helper agent holds
 
-An instance whose `lock` can be taken is stale: its watchdog is gone.
+An instance whose `lock` can be taken is stale: its watchdog is gone. The watchdog
+creates, locks and removes its own (`owned_instance_dir`, where the names are defined);
+this module is how the others find and read instances.
 
 Another local user can write to the default registry (/tmp), so nothing found there is
 trusted as such: the registry must be owned by root or us and be sticky or writable by
@@ -28,51 +31,36 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import secrets
 import shutil
 import stat
-import string
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from passenger.common import SERVER_SOFTWARE, VERSION
+from passenger.common import SERVER_SOFTWARE
+from passenger.common.owned_instance_dir import (
+    ACCESS_FIFO,
+    ADMIN_SOCKET,
+    APPS_DIR,
+    BUFFERS_DIR,
+    CREATION_FINALIZED,
+    LOCK,
+    LOGGING_FIFO,
+    PREFIX,
+    PROPERTIES,
+    OwnedInstanceDir,
+    UnsafePath,
+    check_registry,
+    registry_path,
+)
+from passenger.common.owned_instance_dir import trusted_owner as _trusted_owner
 
-PREFIX = "passenger."
+__all__ = ["PREFIX", "InstanceDir", "OwnedInstanceDir", "UnsafePath", "check_registry",
+           "foreign_because", "list_instances", "registry_dir", "untrusted_because"]
 UNFINALIZED_GRACE_SECONDS = 60.0
 MAX_PROPERTIES = 1 << 20
-
-
-class UnsafePath(ValueError):
-    """A path we would use is not as it must be; the message is one line for the user."""
-
-
-def _trusted_owner(st: os.stat_result) -> bool:
-    return st.st_uid in (0, os.geteuid())
-
-
-def check_registry(path: Path) -> None:
-    """Raise UnsafePath unless `path` is a directory owned by root or us, which no one
-    else can write to (or which is sticky, as /tmp is)."""
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode):
-        if not _trusted_owner(st):
-            raise UnsafePath(f"--instance-registry-dir: {path} is a symbolic link owned by "
-                             f"user {st.st_uid}; use a directory owned by root or by you")
-        st = os.stat(path)
-    if not stat.S_ISDIR(st.st_mode):
-        raise UnsafePath(f"--instance-registry-dir: {path} is not a directory")
-    if not _trusted_owner(st):
-        raise UnsafePath(f"--instance-registry-dir: {path} is owned by user {st.st_uid}, "
-                         f"who could move our instance directory; use a directory owned "
-                         f"by root or by you")
-    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-        raise UnsafePath(f"--instance-registry-dir: {path} is writable by others and not "
-                         f"sticky; use a directory only you can write to (or a sticky "
-                         f"one, like /tmp)")
 
 
 def untrusted_because(path: Path) -> str:
@@ -87,8 +75,8 @@ def untrusted_because(path: Path) -> str:
         return f"is owned by user {st.st_uid}, neither root nor you"
     if st.st_mode & 0o022:
         return "is writable by others"
-    for name, kind in (("lock", stat.S_ISREG), ("properties.json", stat.S_ISREG),
-                       ("admin.sock", stat.S_ISSOCK)):
+    for name, kind in ((LOCK, stat.S_ISREG), (PROPERTIES, stat.S_ISREG),
+                       (ADMIN_SOCKET, stat.S_ISSOCK)):
         try:
             entry = os.lstat(path / name)
         except FileNotFoundError:
@@ -110,8 +98,7 @@ def _open_regular(path: Path) -> int:
 
 
 def registry_dir(configured: str = "") -> Path:
-    return Path(configured or os.environ.get("PASSENGER_INSTANCE_REGISTRY_DIR")
-                or tempfile.gettempdir())
+    return Path(registry_path(configured))
 
 
 @dataclass
@@ -120,31 +107,31 @@ class InstanceDir:
 
     @property
     def admin_socket(self) -> Path:
-        return self.path / "admin.sock"
+        return self.path / ADMIN_SOCKET
 
     @property
     def logging_fifo(self) -> Path:
-        return self.path / "logging.fifo"
+        return self.path / LOGGING_FIFO
 
     @property
     def access_fifo(self) -> Path:
-        return self.path / "access.fifo"
+        return self.path / ACCESS_FIFO
 
     @property
     def apps_dir(self) -> Path:
-        return self.path / "apps"
+        return self.path / APPS_DIR
 
     @property
     def buffers_dir(self) -> Path:
         """Request and response bodies the helper agent holds (unlinked files)."""
-        return self.path / "buffers"
+        return self.path / BUFFERS_DIR
 
     @property
     def lock_file(self) -> Path:
-        return self.path / "lock"
+        return self.path / LOCK
 
     def properties(self) -> dict[str, Any]:
-        fd = _open_regular(self.path / "properties.json")
+        fd = _open_regular(self.path / PROPERTIES)
         with os.fdopen(fd, "rb") as f:
             data = json.loads(f.read(MAX_PROPERTIES))
         if not isinstance(data, dict):
@@ -156,7 +143,7 @@ class InstanceDir:
         return str(self.properties().get("name", "?"))
 
     def is_finalized(self) -> bool:
-        return (self.path / "creation_finalized").exists()
+        return (self.path / CREATION_FINALIZED).exists()
 
     def is_locked(self) -> bool:
         """True while a watchdog holds the lock, i.e. the instance is alive."""
@@ -176,56 +163,6 @@ class InstanceDir:
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
-
-
-class OwnedInstanceDir(InstanceDir):
-    """The watchdog's own instance directory: created, locked and finally removed by it."""
-
-    def __init__(self, path: Path, lock_fd: int) -> None:
-        super().__init__(path)
-        self.lock_fd = lock_fd
-
-    @classmethod
-    def create(cls, registry: Path, properties: dict[str, Any]) -> OwnedInstanceDir:
-        """Raises UnsafePath if the registry is not safe to create it in."""
-        if not os.path.lexists(registry):
-            registry.mkdir(mode=0o755, parents=True)
-        check_registry(registry)
-        path = Path(tempfile.mkdtemp(prefix=PREFIX, dir=registry))  # 0700, ours
-        os.chmod(path, 0o750)
-        lock_fd = os.open(path / "lock", os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                          | os.O_CLOEXEC, 0o640)
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        (path / "apps").mkdir(mode=0o700)
-        (path / "buffers").mkdir(mode=0o700)
-        _write_new(path / "watchdog.pid", f"{os.getpid()}\n")
-        alphabet = string.ascii_letters + string.digits
-        props = {
-            "name": "".join(secrets.choice(alphabet) for _ in range(8)),
-            "instance_dir": {"created_at": int(time.time()), "major_version": 1,
-                             "minor_version": 0},
-            "passenger_version": VERSION,
-            "server_software": SERVER_SOFTWARE,
-            "integration_mode": "standalone",
-            "watchdog_pid": os.getpid(),
-            **properties,
-        }
-        _write_new(path / "properties.json", json.dumps(props, indent=2) + "\n")
-        return cls(path, lock_fd)
-
-    def finalize(self) -> None:
-        _write_new(self.path / "creation_finalized", "")
-
-    def close_and_remove(self) -> None:
-        self.remove()
-        os.close(self.lock_fd)
-
-
-def _write_new(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o640)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
 
 
 def _candidates(registry: Path, report_skipped: Any = None) -> Iterator[InstanceDir]:

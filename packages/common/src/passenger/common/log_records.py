@@ -14,25 +14,31 @@ the file. A `kill -9` of the logging agent can then neither lose nor duplicate a
 Writers never block: `LogLineWriter` keeps lines in a bounded buffer while the pipe is
 full, and counts what overflows (one notice a stall). The watchdog keeps each pipe open
 for its lifetime, so lines written while the logging agent restarts wait in the pipe.
+
+Python `logging` records reach a pipe through `LogLineHandler` (in `log_handler`, and
+importable from here): this module itself does not import `logging`, which would cost
+the watchdog and the logging agent 1.2 MB each.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import errno
 import fcntl
-import logging
 import os
 import select
 import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from passenger.common.log_handler import LogLineHandler as LogLineHandler
 
 PIPE_BUF = select.PIPE_BUF
 PIPE_SIZE = 1 << 20
 F_SETPIPE_SZ = 1031
 CONTINUED = " ↩"
-LEVEL_LETTERS = {logging.DEBUG: "D", logging.INFO: "I", logging.WARNING: "W",
-                 logging.ERROR: "E", logging.CRITICAL: "C"}
+# logging's level numbers (DEBUG, INFO, WARNING, ERROR, CRITICAL) -> Passenger's letters
+LEVEL_LETTERS = {10: "D", 20: "I", 30: "W", 40: "E", 50: "C"}
 
 
 def timestamp(t: float) -> str:
@@ -74,8 +80,10 @@ def create_pipe(path: str) -> int:
     buffered in it) survives the reader's death, and writers never see EPIPE."""
     os.mkfifo(path, 0o600)
     fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
-    with contextlib.suppress(OSError):  # a smaller pipe only means writers buffer sooner
+    try:
         fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # a smaller pipe only means writers buffer sooner
     return fd
 
 
@@ -185,23 +193,10 @@ class LogLineWriter:
         self._close()
 
 
-class LogLineHandler(logging.Handler):
-    """Sends Python logging records to the main log, in Passenger's line layout."""
+def __getattr__(name: str) -> object:
+    """`LogLineHandler`, imported (with `logging`) only when asked for."""
+    if name == "LogLineHandler":
+        from passenger.common.log_handler import LogLineHandler
 
-    def __init__(self, writer: LogLineWriter) -> None:
-        super().__init__()
-        self.writer = writer
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            msg = record.getMessage()
-            if record.exc_info:
-                msg += "\n" + logging.Formatter().formatException(record.exc_info)
-            # Every line gets the header, so no line of a message (an app's output, a
-            # traceback) can pass for something else at the start of a line in the log.
-            level, pid = LEVEL_LETTERS.get(record.levelno, "I"), record.process or os.getpid()
-            source = record.name.rsplit(".", 1)[-1]
-            self.writer.write("\n".join(agent_line(level, pid, source, line, record.created)
-                                        for line in msg.split("\n")))
-        except Exception:
-            self.handleError(record)
+        return LogLineHandler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,6 @@ psutil, which the watchdog does without (`passenger.cli.processes.names_our_watc
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 from passenger.common import safe_files
@@ -55,5 +54,7 @@ def claim(path: str) -> None:
 
 def release(path: str) -> None:
     if read_pid(path) == os.getpid():
-        with contextlib.suppress(OSError):
+        try:
             safe_files.remove(path)
+        except OSError:
+            pass

@@ -6,18 +6,20 @@ controls the place (the owner of the deepest directory on the way that root does
 own): root then writes only where that user could write anyway. In a place only root
 controls, the file is opened by root, never through a symbolic link. A path through a
 directory that others may write to and that is not sticky is refused.
+
+The watchdog and the logging agent use this module: it imports what only the switch to
+another user needs (socket, json) when it is made.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import json
 import os
-import secrets
-import socket
 import stat
-from collections.abc import Callable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 LOG_FILE_MODE = 0o640
 PID_FILE_MODE = 0o644  # read by `passenger stop` run as the app's owner too
@@ -75,7 +77,7 @@ def write_atomically(path: str, text: str, mode: int = PID_FILE_MODE) -> None:
 
     def write() -> None:
         tmp = os.path.join(os.path.dirname(path) or ".",
-                           f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
+                           f".{os.path.basename(path)}.{os.urandom(6).hex()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      mode)
         try:
@@ -83,8 +85,10 @@ def write_atomically(path: str, text: str, mode: int = PID_FILE_MODE) -> None:
                 f.write(text)
             os.replace(tmp, path)  # replaces a link itself, never what it points to
         except BaseException:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(tmp)
+            except OSError:
+                pass
             raise
 
     _in_place(path, write)
@@ -92,8 +96,10 @@ def write_atomically(path: str, text: str, mode: int = PID_FILE_MODE) -> None:
 
 def remove(path: str) -> None:
     def unlink() -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(path)
+        except FileNotFoundError:
+            pass
 
     _in_place(path, unlink)
 
@@ -129,6 +135,9 @@ def _in_place(path: str, action: Callable[[], None]) -> None:
 def as_user(user: tuple[int, int], action: Callable[[], int], path: str) -> int:
     """Run `action` in a child that has become `user` (uid, gid, no other groups);
     -> the descriptor it returns (passed back), or -1. Its OSError is raised here."""
+    import json
+    import socket
+
     ours, theirs = socket.socketpair()
     pid = os.fork()
     if pid == 0:  # the child: never returns
@@ -143,9 +152,11 @@ def as_user(user: tuple[int, int], action: Callable[[], int], path: str) -> int:
             else:
                 theirs.sendall(b"{}")
         except OSError as exc:
-            with contextlib.suppress(OSError):
+            try:
                 theirs.sendall(json.dumps({"errno": exc.errno or errno.EIO,
                                            "error": exc.strerror or str(exc)}).encode())
+            except OSError:
+                pass
         finally:
             os._exit(0)
     theirs.close()

@@ -19,7 +19,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, BinaryIO
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing costs each agent 0.6 MB at run time
+    from typing import Any, BinaryIO
 
 
 def read_startup_document(stream: BinaryIO | None = None) -> dict[str, Any]:

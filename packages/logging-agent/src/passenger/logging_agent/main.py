@@ -12,18 +12,20 @@ pipe filled meanwhile count what they dropped and say so themselves.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import selectors
 import signal
 import sys
 import time
-from types import FrameType
 
 from passenger.common.log_records import agent_line, timestamp
 from passenger.common.process_title import LOGGING_AGENT, set_title
 from passenger.common.startup_protocol import read_startup_document, report_error, report_ready
 from passenger.logging_agent.sinks import LogChannel, WriteFailure
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
 
 RETRY_INTERVAL = 1.0
 received: list[int] = []
@@ -56,10 +58,12 @@ def run(channels: list[LogChannel]) -> int:
             notices.append(recovery_notice(channel, failing.pop(channel)))
             sel.register(channel.fifo_fd, selectors.EVENT_READ, channel)
         if notices and channels[0] not in failing and channel is channels[0]:
-            with contextlib.suppress(OSError):  # if it fails now, the next pump says so
+            try:
                 while notices:
                     channels[0].write_line(notices[0])
                     notices.pop(0)
+            except OSError:
+                pass  # the next pump says so
 
     while True:
         for key, _ in sel.select(timeout=RETRY_INTERVAL if failing else 5.0):

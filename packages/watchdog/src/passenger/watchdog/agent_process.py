@@ -1,22 +1,32 @@
-"""One supervised agent (helper or logging): start with the startup protocol, watch its exit
-via pidfd, stop it with its whole process group."""
+"""One supervised agent (helper or logging agent): spawned with the startup protocol (a
+document on its stdin, one feedback line back), watched through a pidfd, stopped with
+its whole process group. Its stdin stays open as its lifeline: when the watchdog dies,
+the agent reads EOF and exits.
+
+Spawned with os.posix_spawn in a process group of its own (so that stopping it takes
+down what it started); the subprocess module would cost the watchdog 2 MB.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import enum
-import logging
+import fcntl
 import os
 import signal
-import subprocess
-from collections.abc import Callable
-from typing import Any
 
 from passenger.common.exit_status import describe_exit
-from passenger.common.startup_protocol import encode_document, parse_feedback, read_feedback_line
+from passenger.common.startup_protocol import encode_document, parse_feedback
+from passenger.watchdog.log import Logger
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from passenger.watchdog.event_loop import EventLoop, Timer
+
+log = Logger("agent_process")
+PIPE_CAPACITY = 65536  # Linux's default; a larger startup document gets a larger pipe
 
 
 class AgentState(enum.Enum):
@@ -44,125 +54,222 @@ class AgentStartupError(RuntimeError):
         self.reported = reported
 
 
+def spawn(executable: str, stdin_fd: int, pass_fds: tuple[int, ...]) -> int:
+    """Run `executable` in a new process group with `stdin_fd` as its stdin and
+    `pass_fds` open under their numbers; -> its PID. Every other descriptor of ours is
+    close-on-exec (Python opens them so)."""
+    for fd in pass_fds:
+        os.set_inheritable(fd, True)
+    try:
+        return os.posix_spawnp(executable, [executable], os.environ,
+                               file_actions=[(os.POSIX_SPAWN_DUP2, stdin_fd, 0)],
+                               setpgroup=0, setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
+    finally:
+        for fd in pass_fds:
+            os.set_inheritable(fd, False)
+
+
 class AgentProcess:
-    def __init__(self, name: str, executable: str, document: Callable[[], dict[str, Any]],
-                 pass_fds: tuple[int, ...] = (), start_timeout: float = 30.0) -> None:
+    """`start()` spawns the agent and returns at once; `on_started(agent, error)` follows
+    when it has reported ready (error None) or failed to. `on_exit(agent, returncode)`
+    is called when a running agent exits by itself."""
+
+    def __init__(self, loop: EventLoop, name: str, executable: str,
+                 document: Callable[[], dict[str, Any]], pass_fds: tuple[int, ...] = (),
+                 start_timeout: float = 30.0) -> None:
+        self.loop = loop
         self.name = name
         self.executable = executable
         self.document = document
         self.pass_fds = pass_fds
         self.start_timeout = start_timeout
         self.state = AgentState.STOPPED
-        self.popen: subprocess.Popen[bytes] | None = None
+        self.pid = 0
+        self.on_started: Callable[[AgentProcess, AgentStartupError | None], None] = \
+            lambda agent, error: None
         self.on_exit: Callable[[AgentProcess, int], None] = lambda agent, code: None
-        self._exited: asyncio.Event | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid if self.popen else 0
+        self._pidfd = -1
+        self._lifeline = -1       # our end of the agent's stdin
+        self._feedback = -1       # our end of its feedback pipe, while it starts
+        self._feedback_data = b""
+        self._deadline: Timer | None = None  # to report ready, or to exit when stopped
+        self._awaiting_start = False  # someone waits for on_started
+        self._failed_start: AgentStartupError | None = None  # told once it has exited
 
     def change_state(self, new: AgentState) -> None:
         if new not in TRANSITIONS[self.state]:
             raise RuntimeError(f"{self.name}: {self.state.value} -> {new.value}")
-        log.debug("%s: %s -> %s", self.name, self.state.value, new.value)
+        log.debug(f"{self.name}: {self.state.value} -> {new.value}")
         self.state = new
 
-    async def start(self) -> None:
+    # -- starting -------------------------------------------------------------------
+
+    def start(self) -> None:
         self.change_state(AgentState.STARTING)
+        self._awaiting_start, self._failed_start = True, None
         feedback_r, feedback_w = os.pipe()
+        stdin_r, stdin_w = os.pipe()
         try:
-            self.popen = subprocess.Popen(  # noqa: ASYNC220 (fork+exec is quick)
-                [self.executable], stdin=subprocess.PIPE,
-                pass_fds=(*self.pass_fds, feedback_w), process_group=0)
+            self.pid = spawn(self.executable, stdin_r, (*self.pass_fds, feedback_w))
         except OSError as exc:
-            os.close(feedback_r)
+            for fd in (feedback_r, stdin_w):
+                os.close(fd)
             self.change_state(AgentState.STOPPED)
-            raise AgentStartupError(f"cannot run {self.executable}: {exc}",
-                                    reported=True) from None
+            self._awaiting_start = False
+            self.on_started(self, AgentStartupError(f"cannot run {self.executable}: {exc}",
+                                                    reported=True))
+            return
         finally:
+            os.close(stdin_r)
             os.close(feedback_w)
-        self._watch_exit()
-        assert self.popen.stdin is not None
-        with contextlib.suppress(BrokenPipeError):  # it died at once: the feedback says so
-            self.popen.stdin.write(encode_document({**self.document(),
-                                                    "feedback_fd": feedback_w}))
-            self.popen.stdin.flush()
+        self._pidfd = os.pidfd_open(self.pid)
+        self.loop.add_reader(self._pidfd, self._on_exit)
+        self._lifeline = stdin_w
+        self._send_document(encode_document({**self.document(), "feedback_fd": feedback_w}))
+        os.set_blocking(feedback_r, False)
+        self._feedback, self._feedback_data = feedback_r, b""
+        self.loop.add_reader(feedback_r, self._on_feedback)
+        self._deadline = self.loop.call_later(self.start_timeout, self._on_start_timeout)
+
+    def _send_document(self, data: bytes) -> None:
+        """Into the pipe whole, so that we never wait on the agent to read it."""
+        if len(data) > PIPE_CAPACITY:
+            try:
+                fcntl.fcntl(self._lifeline, fcntl.F_SETPIPE_SZ, len(data))
+            except OSError:
+                pass  # then the agent reads the rest while we write it
         try:
-            line = await asyncio.wait_for(read_feedback_line(feedback_r), self.start_timeout)
-        except TimeoutError:
-            line = b""
+            while data:
+                data = data[os.write(self._lifeline, data):]
+        except BrokenPipeError:
+            pass  # it died at once: its exit says so
+        os.set_blocking(self._lifeline, False)  # for notes: never block on them
+
+    def _on_feedback(self) -> None:
+        try:
+            chunk = os.read(self._feedback, 65536)
+        except BlockingIOError:
+            return
+        self._feedback_data += chunk
+        if not chunk or b"\n" in chunk:
+            self._conclude_start()
+
+    def _on_start_timeout(self) -> None:
+        self._deadline = None
+        self._conclude_start(timed_out=True)
+
+    def _conclude_start(self, timed_out: bool = False) -> None:
+        """Ready, or a failed start: then the agent's group is killed, and `on_started`
+        hears of it once the agent has exited (so its exit status can be told)."""
+        line = self._feedback_data.split(b"\n", 1)[0]
+        self._close_feedback()
         message = parse_feedback(line)
-        if message["status"] != "ready":
-            self.change_state(AgentState.STOPPED)
-            self.kill_group()
-            if self._exited is not None:
-                await self._exited.wait()
-            code = self.popen.returncode
-            if line.strip():
-                raise AgentStartupError(f"{self.name}: {message.get('message')}",
-                                        reported=True)
-            how = ("did not report readiness in time" if code is None
-                   else f"exited with {describe_exit(code)} while starting")
-            raise AgentStartupError(f"{self.name} {how}", reported=False)
-        if self.state is AgentState.STARTING:
+        if message["status"] == "ready" and not timed_out:
             self.change_state(AgentState.RUNNING)
-        log.debug("%s online, PID %d", self.name, self.pid)
+            log.debug(f"{self.name} online, PID {self.pid}")
+            self._awaiting_start = False
+            self.on_started(self, None)
+            return
+        if line.strip():
+            self._failed_start = AgentStartupError(f"{self.name}: {message.get('message')}",
+                                                   reported=True)
+        elif timed_out:
+            self._failed_start = AgentStartupError(
+                f"{self.name} did not report readiness within {self.start_timeout:.0f} s",
+                reported=False)
+        self.change_state(AgentState.STOPPING)
+        self.kill_group()
+
+    def _close_feedback(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._feedback >= 0:
+            self.loop.remove_reader(self._feedback)
+            os.close(self._feedback)
+            self._feedback = -1
+
+    # -- running and exiting --------------------------------------------------------
 
     def tell(self, note: dict[str, object]) -> bool:
         """Send a note on the agent's stdin after its startup document (see
-        startup_protocol); False if the agent is not running to read it."""
-        if self.state is not AgentState.RUNNING or not self.popen or not self.popen.stdin:
+        startup_protocol); False if it is not running, or not reading just now."""
+        if self.state is not AgentState.RUNNING or self._lifeline < 0:
             return False
         try:
-            self.popen.stdin.write(encode_document(note))
-            self.popen.stdin.flush()
-        except (OSError, ValueError):
+            os.write(self._lifeline, encode_document(note))  # short: all or nothing
+        except OSError:
             return False
         return True
 
-    def _watch_exit(self) -> None:
-        loop = asyncio.get_running_loop()
-        assert self.popen is not None
-        popen = self.popen
-        pidfd = os.pidfd_open(popen.pid)
-        self._exited = exited = asyncio.Event()
+    def _on_exit(self) -> None:
+        """The pidfd is readable: the agent has exited."""
+        self.loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        self._pidfd = -1
+        _, status = os.waitpid(self.pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        os.close(self._lifeline)
+        self._lifeline = -1
+        if self.state is AgentState.STARTING:
+            self._read_what_feedback_came()
+            self._conclude_start()
+        if self.state is AgentState.RUNNING:
+            self.change_state(AgentState.STOPPED)
+            self.on_exit(self, code)
+            return
+        if self._deadline is not None:  # the stop's deadline
+            self._deadline.cancel()
+            self._deadline = None
+        self.kill_group()  # whatever it started and left behind
+        self.change_state(AgentState.STOPPED)
+        if self._awaiting_start:  # a failed start, told now that its exit is known
+            self._awaiting_start = False
+            failed, self._failed_start = self._failed_start, None
+            self.on_started(self, failed or AgentStartupError(
+                f"{self.name} exited with {describe_exit(code)} while starting",
+                reported=False))
 
-        def on_readable() -> None:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            code = popen.poll()
-            if popen.stdin is not None:
-                with contextlib.suppress(OSError):
-                    popen.stdin.close()
-            exited.set()
-            if self.popen is popen:
-                was = self.state
-                if was is not AgentState.STARTING:  # start() handles a death while starting
-                    self.state = AgentState.STOPPED
-                if was is AgentState.RUNNING:
-                    self.on_exit(self, code if code is not None else 0)
+    def _read_what_feedback_came(self) -> None:
+        while self._feedback >= 0:
+            try:
+                chunk = os.read(self._feedback, 65536)
+            except BlockingIOError:
+                return
+            self._feedback_data += chunk
+            if not chunk:
+                return
 
-        loop.add_reader(pidfd, on_readable)
+    # -- stopping -------------------------------------------------------------------
 
     def kill_group(self, sig: int = signal.SIGKILL) -> None:
         """Signal the agent and everything it started (its process group)."""
-        if self.popen is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.popen.pid, sig)
+        if self.pid:
+            try:
+                os.killpg(self.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
-    async def stop(self, grace: float) -> None:
-        """SIGTERM, wait up to `grace` seconds, then SIGKILL the whole group."""
-        if self.popen is None or self._exited is None or self.state is AgentState.STOPPED:
+    def stop(self, grace: float) -> None:
+        """SIGTERM now, SIGKILL to the whole group if it has not exited within `grace`
+        seconds; the loop sees it exit (state STOPPED)."""
+        if self.state is AgentState.STOPPED:
             self.kill_group()
             return
-        if self.state is not AgentState.STOPPING:
-            self.change_state(AgentState.STOPPING)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.popen.pid, signal.SIGTERM)
+        if self.state is AgentState.STOPPING:
+            return
+        if self.state is AgentState.STARTING:
+            self._close_feedback()  # abandoned: nobody waits for its outcome now
+            self._awaiting_start = False
+        self.change_state(AgentState.STOPPING)
         try:
-            await asyncio.wait_for(self._exited.wait(), grace)
-        except TimeoutError:
-            log.warning("%s (PID %d) did not stop within %.0f s; killing it", self.name,
-                        self.pid, grace)
+            os.kill(self.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        self._deadline = self.loop.call_later(grace, lambda: self._kill_after(grace))
+
+    def _kill_after(self, grace: float) -> None:
+        self._deadline = None
+        log.warning(f"{self.name} (PID {self.pid}) did not stop within {grace:.0f} s; "
+                    f"killing it")
         self.kill_group()
-        await self._exited.wait()
