@@ -139,3 +139,14 @@ def test_a_reader_that_slows_down_frees_the_process(server: PassengerServer) -> 
     assert received >= 32 * MB, f"the slow reader got {received} bytes"
     assert other and other[0] < 1.0, f"the other request waited {other} s"
     assert time.monotonic() - started > 1.5  # the reader really was slow
+
+
+def test_an_app_that_answers_before_reading_a_big_upload_serves_the_next_request(
+        server: PassengerServer) -> None:
+    """The body waited in a file (request buffering); the app answered without reading
+    it. The process must get the end of the body and serve the next request."""
+    status, _, body = server.get("/early", method="POST", body=b"u" * (8 * MB), timeout=10)
+    assert (status, body) == (401, b"no\n")
+    status, _, body = server.get("/digest", method="POST", body=b"v" * (3 * MB), timeout=10)
+    assert (status, body) == (200, f"{3 * MB} {hashlib.sha256(b'v' * (3 * MB)).hexdigest()}\n"
+                              .encode())

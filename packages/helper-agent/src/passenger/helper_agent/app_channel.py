@@ -48,6 +48,7 @@ class Channel(Protocol):
     def app_full(self) -> bool: ...
     def start(self, sink: ResponseSink, data: bytes) -> None: ...
     def write(self, data: bytes) -> None: ...
+    def send_file(self, fd: int, offset: int, count: int) -> int: ...
     def discard(self) -> None: ...
     def pause(self) -> None: ...
     def resume(self) -> None: ...
@@ -123,6 +124,18 @@ class AppChannel(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def send_file(self, fd: int, offset: int, count: int) -> int:
+        """Up to `count` bytes of a file straight to the app's socket with sendfile(2),
+        when nothing waits in the transport -> bytes sent (0: not now; then `write`,
+        which pauses us until the app has read)."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+            return 0
+        try:
+            return os.sendfile(transport.get_extra_info("socket").fileno(), fd, offset, count)
+        except OSError:  # full (or broken: the transport finds out when it writes)
+            return 0
 
     def close(self) -> None:
         self._close_pump()

@@ -20,7 +20,7 @@ from passenger.common import app_protocol as proto
 from passenger.helper_agent.app_channel import Channel
 from passenger.helper_agent.app_process import AppProcess
 from passenger.helper_agent.error_pages import error_response, http_date, simple_page
-from passenger.helper_agent.spool import Spool
+from passenger.helper_agent.spool import READ_SIZE, Spool
 from passenger.helper_agent.tunnel import Tunnel
 
 if TYPE_CHECKING:
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_BUFFERED_BODY = 64 * 1024  # of a request still waiting for a process
+SENDFILE_MIN = 64 * 1024  # a buffered body's file part goes by sendfile(2) from here on
+FILE_FRAME = 4 << 20      # ... in frames of at most this much
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # The shape of a response head from an app: a status line, then field lines; no bare CR
 # or LF and no control byte anywhere, so nothing can end the head early or add a line.
@@ -60,8 +62,8 @@ class ClientConnection(Protocol):
 
 class Request:
     __slots__ = ("body_done", "buffered", "bytes_sent", "channel", "chunked", "conn",
-                 "done", "drop_body", "env", "expect_continue", "frames", "group", "head",
-                 "head_only", "http10", "keep_alive", "out", "process", "received",
+                 "done", "drop_body", "env", "expect_continue", "frame_left", "frames", "group",
+                 "head", "head_only", "http10", "keep_alive", "out", "process", "received",
                  "released", "remaining", "response_started", "spool", "started", "static",
                  "status", "upgrade")
 
@@ -95,6 +97,7 @@ class Request:
         self.env: list[bytes] | None = None  # a buffered request's fields, until its body
         self.spool: Spool | None = None  # is whole here (request buffering)
         self.received = 0               # bytes of the request body so far
+        self.frame_left = 0             # of a body frame announced to the app, to send
 
     # -- request body ---------------------------------------------------------------
 
@@ -163,13 +166,26 @@ class Request:
             self.conn.resume_reading("app")
             return
         while not channel.app_full:
-            data = spool.read()
-            if not data:
+            if self.frame_left:  # the rest of a frame announced: sendfile(2) if we can
+                sent = channel.send_file(spool.file, spool.file_read,
+                                         min(self.frame_left, spool.file_ahead()))
+                if sent:
+                    spool.skip(sent)
+                else:
+                    data = spool.read(min(self.frame_left, READ_SIZE))
+                    channel.write(data)
+                    sent = len(data)
+                self.frame_left -= sent
+            elif spool.file_ahead() >= SENDFILE_MIN:  # the file part: big frames
+                self.frame_left = min(spool.file_ahead(), FILE_FRAME)
+                channel.write(proto.LENGTH.pack(self.frame_left))
+            elif data := spool.read():
+                channel.write(proto.encode_chunk(data))
+            else:
                 channel.write(proto.END)
                 spool.close()
                 self.spool = None
                 return
-            channel.write(proto.encode_chunk(data))
 
     def fail(self, status: int, reason: str, page: str | None = None) -> None:
         if self.done:
@@ -192,9 +208,22 @@ class Request:
         self.released = True
         if not self.body_done:
             channel.write(proto.END)
+        elif self.spool is not None:  # it answered before it had all of a buffered body
+            self._cut_body(channel, self.spool)
         channel.resume()
         self.channel = None
         self.conn.resume_reading("app")  # if the client was waiting for the app to read
+
+    def _cut_body(self, channel: Channel, spool: Spool) -> None:
+        """The rest of the frame under way, then the end of the body: the loader reads
+        up to the end, and the next request starts on a frame boundary."""
+        while self.frame_left:
+            data = spool.read(min(self.frame_left, READ_SIZE)) or bytes(self.frame_left)
+            channel.write(data)
+            self.frame_left -= len(data)
+        channel.write(proto.END)
+        spool.close()
+        self.spool = None
 
     def abandon(self) -> None:
         """The client went away (or sent garbage) before the exchange was over."""

@@ -70,6 +70,17 @@ class Spool:
             self._close_file()  # drained: back to memory, with an empty file
         return data
 
+    def file_ahead(self) -> int:
+        """Bytes that come next and are all in the file (0 while memory comes first):
+        they can go to a socket with sendfile(2) from `file_read` on."""
+        return 0 if self.memory or self.file < 0 else self.file_size - self.file_read
+
+    def skip(self, count: int) -> None:
+        """`count` bytes of `file_ahead` went out without `read`."""
+        self.file_read += count
+        if self.file_read >= self.file_size:
+            self._close_file()
+
     def close(self) -> None:
         self.memory.clear()
         self.memory_size = 0

@@ -140,30 +140,36 @@ def send_buffers(conn: socket.socket, buffers: list[bytes]) -> None:
 class BodyReader:
     """`wsgi.input`: reads the chunk frames of one request body, and signals EOF. If the
     client goes away mid-body (the helper agent closes our connection), it just ends
-    early, as a socket would: frameworks see a short body, not an exception of ours."""
+    early, as a socket would: frameworks see a short body, not an exception of ours.
+
+    `read` takes bytes straight from the frames, each byte copied once however large the
+    body and however it is read; only `readline` keeps a buffer (what follows a line)."""
 
     def __init__(self, rfile: Any, proto: ModuleType) -> None:
         self.rfile = rfile
         self.proto = proto
-        self.buffer = b""
+        self.buffer = b""     # read from the frames, not given to the app yet
+        self.frame_left = 0   # bytes of the current frame not read from rfile yet
         self.done = False
         self.lost = False  # the body ended early: the connection is gone
 
-    def _fill(self) -> bool:
-        if self.done:
-            return False
-        head = self._exact(4)
-        if head is None:
-            return False
-        n = self.proto.LENGTH.unpack(head)[0]
-        if n == 0:
-            self.done = True
-            return False
-        data = self._exact(n)
+    def _frame_bytes(self, limit: int) -> bytes:
+        """Up to `limit` bytes of the body from the frames (b"" at its end)."""
+        if not self.frame_left:
+            if self.done:
+                return b""
+            head = self._exact(4)
+            if head is None:
+                return b""
+            self.frame_left = self.proto.LENGTH.unpack(head)[0]
+            if not self.frame_left:
+                self.done = True
+                return b""
+        data = self._exact(min(limit, self.frame_left))
         if data is None:
-            return False
-        self.buffer += data
-        return True
+            return b""
+        self.frame_left -= len(data)
+        return data
 
     def _exact(self, n: int) -> bytes | None:
         try:
@@ -172,27 +178,37 @@ class BodyReader:
             data = b""
         if len(data) != n:
             self.done = self.lost = True
+            self.frame_left = 0
             return None
         return data
 
     def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            while self._fill():
-                pass
-            data, self.buffer = self.buffer, b""
+        if size is None or size < 0:  # all of it
+            parts = [self.buffer]
+            while data := self._frame_bytes(self.frame_left or 1 << 20):
+                parts.append(data)
+            self.buffer = b""
+            return b"".join(parts)
+        if len(self.buffer) >= size:
+            data, self.buffer = self.buffer[:size], self.buffer[size:]
             return data
-        while len(self.buffer) < size and self._fill():
-            pass
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
+        parts, want = [self.buffer], size - len(self.buffer)
+        self.buffer = b""
+        while want > 0 and (data := self._frame_bytes(want)):
+            parts.append(data)
+            want -= len(data)
+        return b"".join(parts)
 
     def readline(self, size: int | None = -1) -> bytes:
-        while b"\n" not in self.buffer and (size is None or size < 0 or
-                                            len(self.buffer) < size) and self._fill():
-            pass
+        limit = -1 if size is None or size < 0 else size
+        while b"\n" not in self.buffer and (limit < 0 or len(self.buffer) < limit):
+            data = self._frame_bytes(1 << 16)
+            if not data:
+                break
+            self.buffer += data
         end = self.buffer.find(b"\n") + 1 or len(self.buffer)
-        if size is not None and size >= 0:
-            end = min(end, size)
+        if limit >= 0:
+            end = min(end, limit)
         data, self.buffer = self.buffer[:end], self.buffer[end:]
         return data
 
@@ -203,8 +219,9 @@ class BodyReader:
         return iter(self.readline, b"")
 
     def drain(self) -> None:
-        while self._fill():
-            self.buffer = b""
+        self.buffer = b""
+        while self._frame_bytes(1 << 20):
+            pass
 
 
 class FileWrapper:
