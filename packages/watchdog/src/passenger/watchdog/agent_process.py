@@ -175,7 +175,7 @@ class AgentProcess:
                                                    reported=True)
         elif timed_out:
             self._failed_start = AgentStartupError(
-                f"{self.name} did not report readiness within {self.start_timeout:.0f} s",
+                f"{self.name} did not report readiness within {self.start_timeout:g} s",
                 reported=False)
         self.change_state(AgentState.STOPPING)
         self.kill_group()

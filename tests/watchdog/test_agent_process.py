@@ -1,0 +1,179 @@
+"""One supervised agent and the supervisor, with small fake agents (real processes that
+speak the startup protocol): how a start succeeds or fails, notes on the lifeline, stops
+with a grace period, and restarts after a crash. Every process is reaped, every wait
+bounded."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from passenger.watchdog.agent_process import AgentProcess, AgentStartupError, AgentState
+from passenger.watchdog.event_loop import EventLoop
+from passenger.watchdog.supervisor import Supervisor
+
+FAKE_AGENT = f"""#!{sys.executable}
+import json, os, signal, sys, time
+doc = json.loads(sys.stdin.buffer.readline())
+feedback = doc["feedback_fd"]
+mode = doc["mode"]
+if mode == "exit3":
+    sys.exit(3)
+if mode == "hang":
+    time.sleep(60)
+if mode == "error":
+    os.write(feedback, b'{{"status": "error", "message": "bad configuration"}}\\n')
+    sys.exit(1)
+if mode == "deaf":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+os.write(feedback, b'{{"status": "ready"}}\\n')
+os.close(feedback)
+with open(doc["notes"], "ab") as notes:
+    for line in sys.stdin.buffer:  # until the lifeline closes
+        notes.write(line)
+        notes.flush()
+"""
+
+
+@pytest.fixture
+def loop() -> Iterator[EventLoop]:
+    loop = EventLoop()
+    try:
+        yield loop
+    finally:
+        loop.close()
+
+
+@pytest.fixture
+def make_agent(loop: EventLoop, tmp_path: Path) -> Iterator[Callable[..., AgentProcess]]:
+    script = tmp_path / "fake-agent"
+    script.write_text(FAKE_AGENT)
+    script.chmod(0o755)
+    agents: list[AgentProcess] = []
+
+    def make(mode: str, name: str = "FakeAgent", **kwargs: float) -> AgentProcess:
+        agent = AgentProcess(loop, name, str(script), lambda: {
+            "mode": mode, "notes": str(tmp_path / f"{name}.notes")}, **kwargs)
+        agents.append(agent)
+        return agent
+
+    try:
+        yield make
+    finally:
+        for agent in agents:  # reap whatever a failed test left running
+            if agent.state is not AgentState.STOPPED:
+                agent.kill_group()
+                run_until(loop, lambda agent=agent: agent.state is AgentState.STOPPED, 5)
+
+
+def run_until(loop: EventLoop, done: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    timer = loop.call_at(deadline, lambda: None)
+    loop.run_until(lambda: done() or time.monotonic() >= deadline)
+    timer.cancel()
+    assert done(), f"not done within {timeout} s"
+
+
+def start(loop: EventLoop, agent: AgentProcess) -> AgentStartupError | None:
+    outcome: list[AgentStartupError | None] = []
+    agent.on_started = lambda _, error: outcome.append(error)
+    agent.start()
+    run_until(loop, lambda: bool(outcome), 10)
+    return outcome[0]
+
+
+def test_a_ready_agent_runs_hears_notes_and_stops_on_sigterm(
+        loop: EventLoop, make_agent: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    agent = make_agent("ready")
+    assert start(loop, agent) is None
+    assert agent.state is AgentState.RUNNING and os.getpgid(agent.pid) == agent.pid
+    assert agent.tell({"watchdog_log_lines_dropped": 7})
+    notes = tmp_path / "FakeAgent.notes"
+    run_until(loop, lambda: notes.exists() and notes.read_bytes().endswith(b"\n"), 5)
+    assert notes.read_bytes() == b'{"watchdog_log_lines_dropped":7}\n'
+    pid = agent.pid
+    started = time.monotonic()
+    agent.stop(grace=10)
+    run_until(loop, lambda: agent.state is AgentState.STOPPED, 5)
+    assert time.monotonic() - started < 2  # SIGTERM did it, not the grace period
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped already
+    assert not agent.tell({"late": True})
+
+
+def test_a_reported_error_is_the_message_the_user_sees(
+        loop: EventLoop, make_agent: Callable[..., AgentProcess]) -> None:
+    agent = make_agent("error")
+    error = start(loop, agent)
+    assert error is not None and error.reported
+    assert str(error) == "FakeAgent: bad configuration"
+    assert agent.state is AgentState.STOPPED
+
+
+def test_an_agent_that_dies_silently_is_told_with_its_exit_status(
+        loop: EventLoop, make_agent: Callable[..., AgentProcess]) -> None:
+    error = start(loop, make_agent("exit3"))
+    assert error is not None and not error.reported
+    assert str(error) == "FakeAgent exited with exit status 3 while starting"
+
+
+def test_an_agent_that_never_answers_is_killed_at_the_deadline(
+        loop: EventLoop, make_agent: Callable[..., AgentProcess]) -> None:
+    agent = make_agent("hang", start_timeout=0.5)
+    started = time.monotonic()
+    error = start(loop, agent)
+    assert error is not None and not error.reported
+    assert str(error) == "FakeAgent did not report readiness within 0.5 s"
+    assert 0.5 <= time.monotonic() - started < 3
+    assert agent.state is AgentState.STOPPED
+
+
+def test_a_missing_executable_is_a_reported_error(loop: EventLoop) -> None:
+    agent = AgentProcess(loop, "Nothing", "/nonexistent/agent", lambda: {})
+    error = start(loop, agent)
+    assert error is not None and error.reported
+    assert str(error).startswith("cannot run /nonexistent/agent: ")
+    assert agent.state is AgentState.STOPPED
+
+
+def test_an_agent_ignoring_sigterm_is_killed_after_the_grace_period(
+        loop: EventLoop, make_agent: Callable[..., AgentProcess]) -> None:
+    agent = make_agent("deaf")
+    assert start(loop, agent) is None
+    started = time.monotonic()
+    agent.stop(grace=0.4)
+    run_until(loop, lambda: agent.state is AgentState.STOPPED, 5)
+    assert 0.4 <= time.monotonic() - started < 3
+
+
+def test_supervisor_starts_all_at_once_and_restarts_a_crashed_agent(
+        loop: EventLoop, make_agent: Callable[..., AgentProcess]) -> None:
+    first, second = make_agent("ready", "First"), make_agent("ready", "Second")
+    supervisor = Supervisor(loop, [first, second])
+    supervisor.start_all()
+    assert first.state is AgentState.STARTING and second.state is AgentState.STARTING
+    run_until(loop, lambda: supervisor.started, 10)
+    assert supervisor.startup_error() is None
+    old = second.pid
+    os.kill(old, signal.SIGKILL)
+    run_until(loop, lambda: second.state is AgentState.RUNNING and second.pid != old, 10)
+    supervisor.stop_all({})
+    assert first.state is AgentState.STOPPED and second.state is AgentState.STOPPED
+
+
+def test_supervisor_reports_the_first_failure_in_start_order(
+        loop: EventLoop, make_agent: Callable[..., AgentProcess]) -> None:
+    agents = [make_agent("ready", "Logging"), make_agent("exit3", "Helper"),
+              make_agent("error", "Third")]
+    supervisor = Supervisor(loop, agents)
+    supervisor.start_all()
+    run_until(loop, lambda: supervisor.started, 10)
+    assert str(supervisor.startup_error()) == "Helper exited with exit status 3 while starting"
+    supervisor.stop_all({})
+    assert all(agent.state is AgentState.STOPPED for agent in agents)
