@@ -140,6 +140,22 @@ def upload(port: int, path: str, file: Path, size: int) -> float:
     return elapsed
 
 
+def serves_static(server: Server, path: str) -> bool:
+    """Whether a HEAD of public/PATH is answered 200: the app itself answers 404 (only
+    ours is expected to serve public/; Passenger 6's builtin engine hands it to the app,
+    its nginx engine would serve it)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("HEAD", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
 def transfer(server: Server, case: Case, upload_file: Path) -> float:
     """One transfer of `case` on `server`; -> MB/s."""
     if case.method == "POST":
@@ -156,8 +172,8 @@ def run(servers: list[Server], reps: int, upload_file: Path) -> dict[str, dict[s
         results = {s.label: Result() for s in servers}
         active = []
         for s in servers:
-            if case.static_only and not s.serves_static:
-                results[s.label].na = "n/a (compare its file_wrapper)"
+            if case.static_only and not (s.serves_static or serves_static(s, case.path)):
+                results[s.label].na = "n/a (passes public/ to the app)"
             else:
                 active.append(s)
         for s in active:    # unrecorded first transfer

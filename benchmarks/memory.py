@@ -19,6 +19,7 @@ from typing import Any
 
 from benchmarks import procs, wrk
 from benchmarks.servers import Server
+from benchmarks.throughput import wait_idle
 
 SETTLE = 1.0    # s of quiet before a reading, so that in-flight work has finished
 TOP_UP_CONNECTIONS = 64
@@ -31,6 +32,9 @@ def snapshot(server: Server) -> list[dict[str, Any]]:
 
 
 def read_all(servers: list[Server]) -> dict[str, list[dict[str, Any]]]:
+    """A snapshot of each server once it is idle (and SETTLE s after that)."""
+    for s in servers:
+        wait_idle(s)
     time.sleep(SETTLE)
     return {s.label: snapshot(s) for s in servers}
 

@@ -33,7 +33,8 @@ SUPERVISION_ROWS = [
      "… requests failed meanwhile (count per rep; GET / every 5 ms, 1 s timeout each)"),
     ("start_first_200", "start → first 200"),
     ("start_all_processes", "start → both processes listed"),
-    ("stop", "graceful stop (SIGTERM; Passenger: also Ctrl-C to its launcher) → all exited"),
+    ("stop", "graceful stop (SIGTERM; Passenger: also Ctrl-C to its launcher) → all exited "
+     "(Passenger: its temp-dir toucher not waited for)"),
 ]
 COUNT_ROWS = {"kill_front_failed_requests", "restart_app_failed_requests"}
 
@@ -324,8 +325,9 @@ def render(meta: dict[str, Any], summary: Summary, sup: dict[str, dict[str, Timi
     if big:
         parts += ["", f"## Big bodies ({meta['apps']['bigbody']}, one connection, "
                   "our timed client)", bigbody_table(big, meta["bigbody_reps"]),
-                  "(static: ours and Passenger serve APP_DIR/public themselves; compare "
-                  "gunicorn's and uWSGI's file_wrapper figure)"]
+                  "(static: measured where the server answers APP_DIR/public itself: ours; "
+                  "Passenger 6's builtin engine, gunicorn and uWSGI pass it to the app, so "
+                  "compare their file_wrapper figure)"]
     if memory.get("idle"):
         parts += ["", "## Memory: private dirty (smaps_rollup, MB = MiB), hello app",
                   "Idle, before any load:", memory_table(memory["idle"])]

@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3,
                    help="rounds of wrk runs; each starts at the next server")
     p.add_argument("--connections", default="8,64", help="comma-separated wrk -c values")
-    p.add_argument("--bigbody-reps", type=int, default=3,
+    p.add_argument("--bigbody-reps", type=int, default=5,
                    help="timed transfers per big-body case and server")
     p.add_argument("--memory-load", type=float, default=60.0,
                    help="s of load each server gets before memory is read again (the hello "
@@ -202,16 +202,34 @@ class Factory:
     def maker(self, label: str, app: appsetup.App) -> Callable[[], Server]:
         return lambda: self.make(label, app)
 
-    def start_all(self, labels: list[str], app: appsetup.App) -> list[Server]:
-        """Start one server per label on `app` and wait until each is ready. The caller
-        stops them (stop_all) in a `finally`, also when this raises."""
-        servers: list[Server] = []
+    def start_all(self, labels: list[str], app: appsetup.App,
+                  servers: list[Server]) -> list[str]:
+        """Start one server per label on `app` into `servers` and wait until each is
+        ready; one that does not get ready is stopped and left out. -> what went wrong.
+        The caller stops `servers` (stop_all) in a `finally`, also when this raises."""
         for label in labels:
             servers.append(self.make(label, app))
             servers[-1].start()
-        for s in servers:
-            s.wait_ready()
-        return servers
+        problems = []
+        for s in list(servers):
+            try:
+                s.wait_ready()
+            except (RuntimeError, TimeoutError) as e:
+                servers.remove(s)
+                s.stop()
+                print(f"{s.label} on {app.name} did not start: {e}", file=sys.stderr,
+                      flush=True)
+                problems.append(f"{s.label} on {app.name} did not start, left out: "
+                                f"{_gist(str(e))}")
+        return problems
+
+
+def _gist(text: str) -> str:
+    """First and last line of an error (a console tail ends with the exception)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if len(lines) <= 2:
+        return " ".join(lines)
+    return f"{lines[0]} … {lines[-1]}"
 
 
 def stop_all(servers: list[Server]) -> None:
@@ -262,7 +280,7 @@ class Bench:
             body()
         except Exception as e:  # reported, and the run goes on
             traceback.print_exc()
-            self.problems.append(f"{name}: {type(e).__name__}: {e}".splitlines()[0])
+            self.problems.append(f"{name}: {type(e).__name__}: {_gist(str(e))}")
 
     @property
     def measure_memory(self) -> bool:
@@ -274,7 +292,7 @@ class Bench:
         print(f"{name} (wrk, order rotated each round):", file=sys.stderr, flush=True)
         servers: list[Server] = []
         try:
-            servers = self.factory.start_all(self.labels, app)
+            self.problems += self.factory.start_all(self.labels, app, servers)
             with_memory = name == "hello" and self.measure_memory
             if with_memory:
                 self.memory["idle"] = memory.read_all(servers)
@@ -293,7 +311,7 @@ class Bench:
         print("memory (hello app):", file=sys.stderr, flush=True)
         servers: list[Server] = []
         try:
-            servers = self.factory.start_all(self.labels, self.apps["hello"])
+            self.problems += self.factory.start_all(self.labels, self.apps["hello"], servers)
             self.memory["idle"] = memory.read_all(servers)
             extra = memory.top_up(servers, self.args.memory_load, self.script)
             self._loaded(servers, 0.0, extra)
@@ -316,7 +334,7 @@ class Bench:
               file=sys.stderr, flush=True)
         servers: list[Server] = []
         try:
-            servers = self.factory.start_all(self.labels, app)
+            self.problems += self.factory.start_all(self.labels, app, servers)
             self.big = bigbody.run(servers, self.args.bigbody_reps,
                                    app.dir / appsetup.FILE_PATH)
         finally:

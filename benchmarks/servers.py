@@ -355,7 +355,9 @@ class RealPassenger(Server):
 
     kind = "passenger"
     front_name = "core"
-    serves_static = True
+    # Its builtin engine passes APP_DIR/public/* to the app (checked: the app's own 404
+    # comes back); bigbody.py still asks, and measures it if that ever changes.
+    serves_static = False
     restart_name = "passenger-config restart-app"
 
     def __init__(self, label: str, workdir: Path, app_dir: Path, tag: str,
@@ -443,9 +445,15 @@ class RealPassenger(Server):
             self.proc.send_signal(signal.SIGINT)
 
     def _is_launcher(self, pid: int) -> bool:
+        """The ruby launcher, its `tail`, and the temp-dir toucher: the launcher starts
+        the toucher (for its own working dir) after the watchdog and gives the watchdog
+        its pid file to clean up; stopped soon after a start, the toucher here often
+        outlives the rest by 20 s and more (the watchdog has not ended it), so a stop is
+        timed until the watchdog, core and apps have exited, and stop() ends the toucher
+        as it does any leftover."""
         title = procs.cmdline(pid)
         return (self.proc is not None and pid == self.proc.pid) or \
-            title.startswith(("sh -c tail", "tail "))
+            title.startswith(("sh -c tail", "tail ")) or "temp-dir-toucher" in title
 
     def kill_front(self) -> int | None:
         core = self._pid_file("core.pid")

@@ -1,5 +1,6 @@
 """The throughput part: wrk against every server, one scenario (app) at a time, and where
-the CPU went.
+the CPU went. After every wrk run the harness waits until the server is idle again
+(wait_idle), so that no run starts against the backlog the previous one left.
 
 In round r (counting from 0) the order of the servers is rotated to start at server
 r mod n, for each connection count of that round: a slow moment of a shared machine, or
@@ -21,6 +22,9 @@ from benchmarks.servers import Server
 
 T = TypeVar("T")
 APPS = "apps"        # every app process of a server, summed
+IDLE_WINDOW = 0.2    # s
+IDLE_SHARE = 0.05    # of one core: "idle" for wait_idle()
+IDLE_TIMEOUT = 10.0  # s
 
 
 @dataclass
@@ -87,6 +91,23 @@ def cpu_used(before: dict[int, tuple[str, float]],
     return used
 
 
+def wait_idle(server: Server, timeout: float = IDLE_TIMEOUT) -> float:
+    """Until the server's processes together use under IDLE_SHARE of one core over an
+    IDLE_WINDOW; -> seconds waited (the timeout at most).
+
+    When wrk stops, the requests it had in flight stay queued in a server that queues
+    them (ours, Passenger) and are still run by the app after their client has gone;
+    the next wrk run would otherwise start against that backlog (at django c=64 that
+    overflowed Passenger's queue of 100 into hundreds of 503s)."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        before = cpu_times(server)
+        time.sleep(IDLE_WINDOW)
+        if sum(cpu_used(before, cpu_times(server)).values()) < IDLE_SHARE * IDLE_WINDOW:
+            break
+    return time.perf_counter() - t0
+
+
 def rotated(items: list[T], r: int) -> list[T]:
     """`items` starting at index r mod len(items)."""
     if not items:
@@ -118,7 +139,9 @@ def run_rounds(scenario: str, servers: list[Server], connections: list[int], rou
             for position, server in enumerate(order):
                 if warmup > 0:
                     wrk.run(server.port, conns, warmup, script)  # unrecorded
+                    wait_idle(server)
                 run = measure(scenario, server, rnd + 1, position, conns, duration, script)
+                wait_idle(server)
                 runs.append(run)
                 r = run.result
                 front = f"  front {run.front_us:.0f} µs/req" if run.front_us else ""

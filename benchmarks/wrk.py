@@ -18,17 +18,33 @@ from typing import Any
 WRK = "wrk"
 NON2XX_SCRIPT = """\
 local threads = {}
+local kinds = {"s503", "s5xx", "s4xx", "s3xx", "s1xx"}
 function setup(thread) table.insert(threads, thread) end
-function init(args) non2xx = 0 end
+function init(args) non2xx = 0; s503 = 0; s5xx = 0; s4xx = 0; s3xx = 0; s1xx = 0 end
 function response(status, headers, body)
-  if status < 200 or status > 299 then non2xx = non2xx + 1 end
+  if status < 200 or status > 299 then
+    non2xx = non2xx + 1
+    if status == 503 then s503 = s503 + 1
+    elseif status >= 500 then s5xx = s5xx + 1
+    elseif status >= 400 then s4xx = s4xx + 1
+    elseif status >= 300 then s3xx = s3xx + 1
+    else s1xx = s1xx + 1 end
+  end
 end
 function done(summary, latency, requests)
   local total = 0
   for _, t in ipairs(threads) do total = total + t:get("non2xx") end
   io.write(string.format("NON2XX %d\\n", total))
+  for _, k in ipairs(kinds) do
+    local n = 0
+    for _, t in ipairs(threads) do n = n + t:get(k) end
+    if n > 0 then io.write(string.format("STATUS %s %d\\n", k, n)) end
+  end
 end
 """
+# What the STATUS lines of the script mean.
+STATUS_KINDS = {"s503": "503", "s5xx": "other 5xx", "s4xx": "4xx", "s3xx": "3xx",
+                "s1xx": "1xx"}
 UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
 
 
@@ -44,6 +60,7 @@ class WrkResult:
     p99_ms: float = 0.0
     max_ms: float = 0.0
     non2xx: int = 0
+    non2xx_by_status: dict[str, int] = field(default_factory=dict)
     socket_errors: dict[str, int] = field(default_factory=dict)
     raw: str = ""
 
@@ -99,6 +116,8 @@ def parse(text: str, connections: int, duration: float) -> WrkResult:
         re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     if m:
         result.non2xx = int(m.group(1))
+    for kind, count in re.findall(r"^STATUS (s\w+) (\d+)", text, re.M):
+        result.non2xx_by_status[STATUS_KINDS.get(kind, kind)] = int(count)
     if m := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
                       text):
         result.socket_errors = dict(zip(("connect", "read", "write", "timeout"),
