@@ -125,6 +125,7 @@ def summarize(runs: Sequence[Run]) -> Summary:
                     "p99_ms": statistics.median(p99), "p99_min": min(p99),
                     "p99_max": max(p99),
                     "errors": sum(r.result.errors for r in rs),
+                    "errors_by_kind": _error_kinds(rs),
                     "requests": sum(r.result.requests for r in rs),
                     "rps_rounds": rps, "p99_rounds": p99,
                     "cpu_pct": {n: statistics.median(r.cpu_pct.get(n, 0.0) for r in rs)
@@ -134,6 +135,24 @@ def summarize(runs: Sequence[Run]) -> Summary:
                     "apps_us": statistics.median(apps) if apps else None,
                 }
     return out
+
+
+def _error_kinds(runs: Sequence[Run]) -> dict[str, int]:
+    """Non-2xx responses by status class and socket errors by kind, summed over runs."""
+    kinds: dict[str, int] = {}
+    for r in runs:
+        for kind, n in [*r.result.non2xx_by_status.items(),
+                        *r.result.socket_errors.items()]:
+            if n:
+                kinds[kind] = kinds.get(kind, 0) + n
+    return kinds
+
+
+def _errors_cell(e: dict[str, Any]) -> str:
+    kinds = e.get("errors_by_kind") or {}
+    if not e["errors"] or not kinds:
+        return str(e["errors"])
+    return f"{e['errors']} ({', '.join(f'{k}: {n}' for k, n in kinds.items())})"
 
 
 def throughput_table(per_server: dict[str, dict[int, dict[str, Any]]]) -> str:
@@ -150,7 +169,7 @@ def throughput_table(per_server: dict[str, dict[int, dict[str, Any]]]) -> str:
             lines.append(
                 f"| {_cell(server)} | {conns} | {e['rps']:,.0f} [{e['rps_min']:,.0f}–"
                 f"{e['rps_max']:,.0f}] | {e['p50_ms']:.2f} ms | {e['p99_ms']:.2f} "
-                f"[{e['p99_min']:.2f}–{e['p99_max']:.2f}] ms | {e['errors']} | {rounds} |")
+                f"[{e['p99_min']:.2f}–{e['p99_max']:.2f}] ms | {_errors_cell(e)} | {rounds} |")
     return "\n".join([*lines, "", *_closer_notes(list(per_server))])
 
 
