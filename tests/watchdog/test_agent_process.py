@@ -30,9 +30,15 @@ if mode == "hang":
 if mode == "error":
     os.write(feedback, b'{{"status": "error", "message": "bad configuration"}}\\n')
     sys.exit(1)
-if mode == "deaf":
+if mode in ("deaf", "slow and deaf"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-os.write(feedback, b'{{"status": "ready"}}\\n')
+if mode == "slow and deaf":
+    open(doc["notes"], "w").write("starting\\n")
+    time.sleep(0.3)
+try:
+    os.write(feedback, b'{{"status": "ready"}}\\n')
+except BrokenPipeError:
+    open(doc["notes"], "w").write("could not report")
 os.close(feedback)
 with open(doc["notes"], "ab") as notes:
     for line in sys.stdin.buffer:  # until the lifeline closes
@@ -73,10 +79,16 @@ def make_agent(loop: EventLoop, tmp_path: Path) -> Iterator[Callable[..., AgentP
 
 
 def run_until(loop: EventLoop, done: Callable[[], bool], timeout: float) -> None:
+    """Run the loop until done(), looked at every 10 ms too (done() may watch a file)."""
     deadline = time.monotonic() + timeout
-    timer = loop.call_at(deadline, lambda: None)
+    ticks = []
+
+    def tick() -> None:
+        ticks.append(loop.call_later(0.01, tick))
+
+    tick()
     loop.run_until(lambda: done() or time.monotonic() >= deadline)
-    timer.cancel()
+    ticks[-1].cancel()
     assert done(), f"not done within {timeout} s"
 
 
@@ -177,3 +189,17 @@ def test_supervisor_reports_the_first_failure_in_start_order(
     assert str(supervisor.startup_error()) == "Helper exited with exit status 3 while starting"
     supervisor.stop_all({})
     assert all(agent.state is AgentState.STOPPED for agent in agents)
+
+
+def test_an_agent_stopped_while_starting_can_still_report_and_is_not_waited_for(
+        loop: EventLoop, make_agent: Callable[..., AgentProcess], tmp_path: Path) -> None:
+    agent = make_agent("slow and deaf")
+    outcome: list[AgentStartupError | None] = []
+    agent.on_started = lambda _, error: outcome.append(error)
+    agent.start()
+    notes = tmp_path / "FakeAgent.notes"
+    run_until(loop, notes.exists, 10)  # it ignores SIGTERM from now on
+    agent.stop(grace=1.0)  # so it is killed after the grace period
+    run_until(loop, lambda: agent.state is AgentState.STOPPED, 5)
+    assert outcome == []  # the start was abandoned: nobody is told its outcome
+    assert notes.read_text() == "starting\n"  # and its report went through

@@ -151,7 +151,10 @@ class AgentProcess:
         except BlockingIOError:
             return
         self._feedback_data += chunk
-        if not chunk or b"\n" in chunk:
+        if self.state is not AgentState.STARTING:  # stopped while starting: no one asks
+            if not chunk:
+                self._close_feedback()
+        elif not chunk or b"\n" in chunk:
             self._conclude_start()
 
     def _on_start_timeout(self) -> None:
@@ -162,6 +165,7 @@ class AgentProcess:
         """Ready, or a failed start: then the agent's group is killed, and `on_started`
         hears of it once the agent has exited (so its exit status can be told)."""
         line = self._feedback_data.split(b"\n", 1)[0]
+        self._cancel_deadline()
         self._close_feedback()
         message = parse_feedback(line)
         if message["status"] == "ready" and not timed_out:
@@ -180,10 +184,12 @@ class AgentProcess:
         self.change_state(AgentState.STOPPING)
         self.kill_group()
 
-    def _close_feedback(self) -> None:
+    def _cancel_deadline(self) -> None:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def _close_feedback(self) -> None:
         if self._feedback >= 0:
             self.loop.remove_reader(self._feedback)
             os.close(self._feedback)
@@ -218,9 +224,8 @@ class AgentProcess:
             self.change_state(AgentState.STOPPED)
             self.on_exit(self, code)
             return
-        if self._deadline is not None:  # the stop's deadline
-            self._deadline.cancel()
-            self._deadline = None
+        self._cancel_deadline()  # the stop's
+        self._close_feedback()
         self.kill_group()  # whatever it started and left behind
         self.change_state(AgentState.STOPPED)
         if self._awaiting_start:  # a failed start, told now that its exit is known
@@ -258,9 +263,9 @@ class AgentProcess:
             return
         if self.state is AgentState.STOPPING:
             return
-        if self.state is AgentState.STARTING:
-            self._close_feedback()  # abandoned: nobody waits for its outcome now
+        if self.state is AgentState.STARTING:  # abandoned: nobody waits for its outcome
             self._awaiting_start = False
+            self._cancel_deadline()  # (the pipe stays open: its report must not fail)
         self.change_state(AgentState.STOPPING)
         try:
             os.kill(self.pid, signal.SIGTERM)
