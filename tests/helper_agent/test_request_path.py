@@ -267,3 +267,12 @@ def test_10_file_wrapper_sends_the_file_exactly(server: PassengerServer, tmp_pat
     status, headers, body = response_to(server.port, get(f"/file?path={path}"))
     assert status == 200 and body == data
     assert headers[b"content-length"] == str(size).encode()
+
+
+def test_a_list_behind_an_object_goes_with_its_length(server: PassengerServer) -> None:
+    """Django's HttpResponse iterates over a list: it is sent whole, with a
+    Content-Length, not chunked, and still closed."""
+    status, headers, body = response_to(server.port, get("/listobj"))
+    assert (status, body) == (200, b"list-backed\n")
+    assert headers[b"content-length"] == b"12" and b"transfer-encoding" not in headers
+    server.wait_for_log("listobj closed")

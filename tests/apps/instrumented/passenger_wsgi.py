@@ -37,6 +37,9 @@ def application(environ, start_response):
         n, size = int(query.get("n", "2000")), int(query.get("size", "1024"))
         start_response("200 OK", headers)
         return [bytes([i % 256]) * size for i in range(n)]
+    elif path == "/listobj":  # an object iterating over a list, as Django's responses do
+        start_response("200 OK", headers)
+        return _ListBacked([b"list", b"-backed\n"])
     elif path == "/early":  # answers without reading the request body
         start_response("401 Unauthorized", headers)
         return [b"no\n"]
@@ -94,6 +97,19 @@ def application(environ, start_response):
     body = f"pid={os.getpid()}\n".encode()
     start_response("200 OK", [*headers, ("X-Pid", str(os.getpid()))])
     return [body]
+
+
+class _ListBacked:
+    def __init__(self, chunks):
+        self.chunks = chunks
+        self.closed = False
+
+    def __iter__(self):
+        return iter(self.chunks)
+
+    def close(self):
+        print("listobj closed")
+        sys.stdout.flush()
 
 
 def _events(n, every):

@@ -28,7 +28,7 @@ import stat
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from types import FrameType, ModuleType
 from typing import Any, ClassVar
 
@@ -114,6 +114,8 @@ def send(conn: socket.socket, data: bytes) -> None:
         raise ChannelLost(str(exc)) from None
 
 
+# Iterators over a list or tuple: never blocking, never endless (a stream is a generator).
+SEQUENCE_ITERATORS: tuple[type, ...] = (type(iter([])), type(iter(())))
 JOIN_MAX = 64 * 1024  # a body up to this is joined with its head: one plain send
 GATHER_MAX = 512  # buffers per sendmsg(2), under the kernel's IOV_MAX (1024)
 
@@ -425,26 +427,19 @@ class RequestHandler:
             result = self.app(environ, start_response)
             if state["head"] is None and state["status"] is not None:
                 if isinstance(result, (list, tuple)):
-                    # The whole body is known: one write, with its length.
-                    head = response_head()
-                    size = sum(len(chunk) for chunk in result)
-                    length = head.content_length
-                    if length < 0 and not is_head:  # HEAD: never a length we invent
-                        length = size
-                    if size and not is_head:
-                        frames = [head.encode(proto, length), proto.LENGTH.pack(size),
-                                  *result, proto.END]
-                        if size <= JOIN_MAX:
-                            send(conn, b"".join(frames))
-                        else:
-                            send_buffers(conn, frames)
-                    else:
-                        send(conn, head.encode(proto, length) + proto.END)
+                    self._send_whole(conn, response_head(), result, is_head)
                     return
                 if result.__class__ is FileWrapper and self._send_file(
                         result, response_head(), conn, is_head):
                     return
-            for chunk in result:
+            chunks: Iterator[bytes] = iter(result)
+            if type(chunks) in SEQUENCE_ITERATORS and state["head"] is None \
+                    and state["status"] is not None:
+                # A list behind an object (Django's HttpResponse): all there, so it
+                # goes as a list does, in one write with its length, not chunked.
+                self._send_whole(conn, response_head(), list(chunks), is_head)
+                return
+            for chunk in chunks:
                 if chunk:
                     write(chunk)
             if state["head"] is None:
@@ -462,6 +457,24 @@ class RequestHandler:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
+
+    def _send_whole(self, conn: socket.socket, head: ResponseHead,
+                    chunks: list[bytes] | tuple[bytes, ...], is_head: bool) -> None:
+        """A body known whole: one write, with its length."""
+        proto = self.proto
+        size = sum(len(chunk) for chunk in chunks)
+        length = head.content_length
+        if length < 0 and not is_head:  # HEAD: never a length we invent
+            length = size
+        if size and not is_head:
+            frames = [head.encode(proto, length), proto.LENGTH.pack(size), *chunks,
+                      proto.END]
+            if size <= JOIN_MAX:
+                send(conn, b"".join(frames))
+            else:
+                send_buffers(conn, frames)
+        else:
+            send(conn, head.encode(proto, length) + proto.END)
 
     def _fail(self, conn: socket.socket, state: dict[str, Any], message: str,
               traceback_too: bool = True) -> None:
