@@ -103,10 +103,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile-duration", type=float, default=10.0)
     p.add_argument("--profile-connections", type=int, default=64)
     p.add_argument("--bin-dir", type=Path, default=Path(sys.executable).parent,
-                   help="where our `passenger`, gunicorn and uwsgi are (default: this "
-                        "venv's bin)")
+                   help="where our `passenger`, gunicorn and uwsgi are (this venv's bin)")
     p.add_argument("--python", default=default_python(),
-                   help="interpreter every server runs the app with (default: this one)")
+                   help="interpreter every server runs the app with (uWSGI embeds the "
+                        "Python it was built with and is pointed at this one's venv: same "
+                        "version)")
     p.add_argument("--results-dir", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--chart", type=Path, default=REPO / "benchmarks" / "results" / "latest.png",
                    help="where the chart is copied to (it is also written into "
