@@ -51,10 +51,14 @@ def draw(summary: Summary, servers: list[str], title: str, paths: list[Path]) ->
                 ax.set_title(f"{scenario}, c={conns}", fontsize=10)
             if col == 0:
                 ax.set_ylabel(name)
-            for xi, v in zip(x, values, strict=True):   # the median, inside its bar
-                ax.annotate(f"{v:,.0f}" if key == "rps" else f"{v:.1f}", (xi, v / 2),
-                            ha="center", va="center", fontsize=7, rotation=90,
-                            color="white", fontweight="bold")
+            top = max([*values, 1e-9])
+            for xi, v in zip(x, values, strict=True):   # the median: in its bar, or above
+                inside = v >= 0.2 * top               # else a short bar
+                ax.annotate(f"{v:,.0f}" if key == "rps" else f"{v:.1f}",
+                            (xi, v / 2 if inside else v), ha="center",
+                            va="center" if inside else "bottom", fontsize=7, rotation=90,
+                            color="white" if inside else "black", fontweight="bold",
+                            xytext=(0, 0 if inside else 3), textcoords="offset points")
     fig.suptitle(f"{title}\nbars: median over rounds; error bars: min–max", fontsize=10)
     fig.tight_layout()
     first, *others = paths
