@@ -16,7 +16,6 @@ import stat
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from passenger.common import standalone
@@ -360,7 +359,7 @@ def read_passengerfile(app_root: str,
                        warn: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The app dir's Passengerfile.json. Run as root, its privileged settings count only
     if root owns the file itself (not through a link): the app's owner controls it."""
-    path = Path(app_root) / "Passengerfile.json"
+    path = os.path.join(app_root, "Passengerfile.json")
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -381,7 +380,7 @@ def read_passengerfile(app_root: str,
 PASSENGERFILE_LIMIT = 1 << 20
 
 
-def _read_regular_file(path: Path, limit: int) -> str:
+def _read_regular_file(path: str, limit: int) -> str:
     """Its text, if it is a regular file (a link to one will do) of at most `limit`
     bytes: a FIFO or a device planted by the app's owner must not hang or flood us."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -396,7 +395,7 @@ def _read_regular_file(path: Path, limit: int) -> str:
     return data.decode()
 
 
-def _drop_privileged(data: dict[str, Any], path: Path, warn: Callable[[str], None]) -> None:
+def _drop_privileged(data: dict[str, Any], path: str, warn: Callable[[str], None]) -> None:
     owner = "a link" if stat.S_ISLNK(os.lstat(path).st_mode) else \
         f"owned by user {os.lstat(path).st_uid}"
     places = [("", data)] + [(f"apps[{i}] ", app) for i, app in

@@ -31,7 +31,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -162,6 +161,8 @@ class InstanceDir:
         return False
 
     def remove(self) -> None:
+        import shutil  # at the end only: the agents need not carry it
+
         shutil.rmtree(self.path, ignore_errors=True)
 
 

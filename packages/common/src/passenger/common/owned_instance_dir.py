@@ -90,14 +90,30 @@ def random_text(length: int, alphabet: str) -> str:
     return "".join(chars[:length])
 
 
-class OwnedInstanceDir:
-    def __init__(self, path: str, name: str, lock_fd: int) -> None:
+class InstancePaths:
+    """The files of an instance directory, as plain strings: what the agents use
+    (pathlib would cost each of them most of a megabyte)."""
+
+    def __init__(self, path: str) -> None:
         self.path = path
-        self.name = name
-        self.lock_fd = lock_fd
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
+
+    @property
+    def apps_dir(self) -> str:
+        return self.file(APPS_DIR)
+
+    @property
+    def buffers_dir(self) -> str:
+        """Request and response bodies the helper agent holds (unlinked files)."""
+        return self.file(BUFFERS_DIR)
+
+    def properties_name(self) -> str:
+        """The instance's name, from the properties its watchdog wrote."""
+        fd = os.open(self.file(PROPERTIES), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            return str(json.loads(f.read(1 << 20)).get("name", "?"))
 
     @property
     def admin_socket(self) -> str:
@@ -110,6 +126,13 @@ class OwnedInstanceDir:
     @property
     def access_fifo(self) -> str:
         return self.file(ACCESS_FIFO)
+
+
+class OwnedInstanceDir(InstancePaths):
+    def __init__(self, path: str, name: str, lock_fd: int) -> None:
+        super().__init__(path)
+        self.name = name
+        self.lock_fd = lock_fd
 
     @classmethod
     def create(cls, registry: str | os.PathLike[str],

@@ -25,7 +25,6 @@ import resource
 import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from passenger.common import SERVER_SOFTWARE
@@ -73,7 +72,7 @@ def descriptors_in_use() -> int:
 
 
 class FrontEnd:
-    def __init__(self, pool: Pool, config: ServerConfig, buffer_dir: Path,
+    def __init__(self, pool: Pool, config: ServerConfig, buffer_dir: str,
                  access_log: LogLineWriter | None = None) -> None:
         self.pool = pool
         self.access_log = access_log
@@ -82,7 +81,7 @@ class FrontEnd:
         self.proxies = TrustedProxies(config.forwarded_allow_ips)
         self.server_header = (b"Server: " + SERVER_SOFTWARE.encode() + b"\r\n"
                               if config.server_header else b"")
-        self.buffer_dir = str(buffer_dir)
+        self.buffer_dir = buffer_dir
         self.request_buffering = config.request_buffering
         self.max_body_size = config.client_max_body_size * 1024 * 1024
         self.header_timeout = float(config.client_header_timeout)

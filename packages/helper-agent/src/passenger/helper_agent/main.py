@@ -15,11 +15,10 @@ import os
 import signal
 import socket
 import sys
-from pathlib import Path
 
 from passenger.common.config import ServerConfig
-from passenger.common.instance_dir import InstanceDir
 from passenger.common.log_records import LogLineHandler, LogLineWriter
+from passenger.common.owned_instance_dir import InstancePaths
 from passenger.common.process_title import HELPER_AGENT, set_title
 from passenger.common.startup_protocol import read_startup_document, report_error, report_ready
 from passenger.helper_agent.admin_api import AdminConnection, admin_routes
@@ -39,7 +38,7 @@ class HelperAgent:
     def __init__(self, doc: dict[str, object]) -> None:
         self.config = ServerConfig.from_json(doc["config"])  # type: ignore[arg-type]
         self.doc = doc
-        self.instance = InstanceDir(Path(str(doc["instance_dir"])))
+        self.instance = InstancePaths(str(doc["instance_dir"]))
         self.listen_fd = int(doc["listen_fd"])  # type: ignore[call-overload]
         self.feedback_fd = int(doc["feedback_fd"])  # type: ignore[call-overload]
         self.log_writer = LogLineWriter(str(self.instance.logging_fifo), name="main log")
@@ -59,14 +58,19 @@ class HelperAgent:
                                     notices=self.log_writer)
                       if self.config.access_log else None)
         pool = Pool(self.config, self.instance.apps_dir, self.log_writer,
-                    self.instance.name, access_log)
-        for stale in self.instance.apps_dir.glob("wsgi.*"):
-            stale.unlink(missing_ok=True)
-        os.chmod(self.instance.apps_dir, 0o700)  # app sockets: ours alone (see Spawner)
+                    self.instance.properties_name(), access_log)
+        apps = self.instance.apps_dir
+        for name in os.listdir(apps):
+            if name.startswith("wsgi."):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(apps, name))
+        os.chmod(apps, 0o700)  # app sockets: ours alone (see Spawner)
         buffers = self.instance.buffers_dir
-        buffers.mkdir(mode=0o700, exist_ok=True)
-        for stale in buffers.iterdir():  # bodies are unlinked files; anything else is old
-            stale.unlink(missing_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(buffers, 0o700)
+        for name in os.listdir(buffers):  # bodies are unlinked files; anything else is old
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(buffers, name))
         front = FrontEnd(pool, self.config, buffers, access_log)
         front.serve(socket.socket(fileno=self.listen_fd), lambda: HttpConnection(front))
         admin_path = str(self.instance.admin_socket)

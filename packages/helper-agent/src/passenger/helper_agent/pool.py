@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 from passenger.common import SERVER_SOFTWARE, VERSION
@@ -30,7 +29,7 @@ UPKEEP_INTERVAL = 1.0
 
 
 class Pool:
-    def __init__(self, config: ServerConfig, apps_dir: Path, log_writer: LogLineWriter,
+    def __init__(self, config: ServerConfig, apps_dir: str, log_writer: LogLineWriter,
                  instance_name: str, access_log: LogLineWriter | None = None) -> None:
         self.config = config
         self.instance_name = instance_name

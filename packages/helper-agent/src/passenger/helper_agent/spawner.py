@@ -18,7 +18,6 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 from passenger.common import SERVER_SOFTWARE, app_protocol
@@ -113,7 +112,7 @@ class BacktraceCapture:
 
 
 class Spawner:
-    def __init__(self, config: ServerConfig, apps_dir: Path, log_writer: LogLineWriter,
+    def __init__(self, config: ServerConfig, apps_dir: str, log_writer: LogLineWriter,
                  owner: ProcessOwner) -> None:
         self.config = config
         self.apps_dir = apps_dir
@@ -352,7 +351,7 @@ class Spawner:
         """An app process's listening socket, bound and listening by us with mode 0600 in
         our 0700 `apps/`, then handed to the process: its umask cannot widen it, and no
         one but the helper agent can reach it."""
-        path = str(self.apps_dir / f"wsgi.{secrets.token_hex(8)}")
+        path = os.path.join(self.apps_dir, f"wsgi.{secrets.token_hex(8)}")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(path)

@@ -14,7 +14,6 @@ import collections
 import errno
 import logging
 import os
-import tempfile
 
 log = logging.getLogger(__name__)
 MEMORY_THRESHOLD = 128 * 1024  # beyond this a spool moves to its file
@@ -110,6 +109,8 @@ def open_unlinked(directory: str) -> int:
     except (AttributeError, IsADirectoryError, OSError) as exc:
         if getattr(exc, "errno", None) in (errno.EMFILE, errno.ENFILE, errno.ENOSPC):
             raise
+    import tempfile  # rarely needed: imported then only
+
     fd, path = tempfile.mkstemp(dir=directory, prefix="body.")
     os.unlink(path)
     return fd

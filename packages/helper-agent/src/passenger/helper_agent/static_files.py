@@ -10,7 +10,6 @@ served, dotfiles and `..` never. A path with no file behind it goes to the app.
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import ctypes
 import errno
@@ -206,6 +205,8 @@ def parse_http_date(value: bytes) -> int | None:
         parsed = time.strptime(value.decode("ascii").strip(), "%a, %d %b %Y %H:%M:%S GMT")
     except (UnicodeDecodeError, ValueError):
         return None
+    import calendar  # only for conditional requests: it brings datetime (0.3 MB)
+
     return calendar.timegm(parsed)
 
 
