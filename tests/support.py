@@ -344,3 +344,23 @@ class RequestLoop:
     def __exit__(self, *exc: object) -> None:
         self.stop_flag.set()
         self.thread.join(30)
+
+
+@contextlib.contextmanager
+def syscall_results(pid: int, syscall: str, trace: Path) -> Iterator[list[int]]:
+    """strace `syscall` in process `pid` (and its threads) for the duration of the block;
+    afterwards the list holds what each successful call returned (bytes moved)."""
+    results: list[int] = []
+    tracer = subprocess.Popen(["strace", "-f", "-e", f"trace={syscall}", "-o", str(trace),
+                               "-p", str(pid)], stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)  # attached
+        yield results
+        time.sleep(0.3)  # the last calls written out
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    for line in trace.read_text().splitlines():
+        returned = line.rsplit("= ", 1)[-1].split()[0]
+        if f"{syscall}(" in line and returned.isdigit():
+            results.append(int(returned))

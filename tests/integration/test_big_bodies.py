@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from support import INSTRUMENTED_APP, PassengerServer, running_server, wait_for
+from support import INSTRUMENTED_APP, PassengerServer, running_server, syscall_results, wait_for
 
 MB = 1024 * 1024
 
@@ -92,21 +91,11 @@ def test_large_bodies_arrive_whole_and_the_next_response_follows(
 def test_large_bodies_go_by_splice(server: PassengerServer, big_file: Path,
                                    tmp_path: Path) -> None:
     helper = server.agent_pid("PassengerHelperAgent")
-    trace = tmp_path / "trace"
-    tracer = subprocess.Popen(["strace", "-f", "-e", "trace=splice", "-o", str(trace),
-                               "-p", str(helper)], stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
+    with syscall_results(helper, "splice", tmp_path / "trace") as moved:
         answers = pipelined(server, "/big?mb=32", f"/file?path={big_file}")
-        time.sleep(0.3)
-    finally:
-        tracer.terminate()
-        tracer.wait(10)
     assert [len(body) for _, body in answers] == [32 * MB, big_file.stat().st_size]
-    # Bytes into the client's socket: the splices out of our pipe (fd numbers aside,
-    # the calls alternate app -> pipe, pipe -> client; count the second half).
-    moved = [int(line.rsplit("= ", 1)[1].split()[0]) for line in trace.read_text().splitlines()
-             if "splice(" in line and line.rsplit("= ", 1)[-1].split()[0].isdigit()]
+    # Bytes into the client's socket: the calls alternate app -> pipe, pipe -> client;
+    # count half of all.
     total = 32 * MB + big_file.stat().st_size
     assert sum(moved) / 2 > 0.9 * total, f"{sum(moved) // 2} of {total} bytes by splice"
 

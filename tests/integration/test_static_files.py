@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from support import INSTRUMENTED_APP, PassengerServer, running_server
+from support import INSTRUMENTED_APP, PassengerServer, running_server, syscall_results
 
 CSS = b"body { color: #123456; }\n" * 40
 
@@ -167,20 +167,9 @@ def test_a_big_file_goes_out_intact_to_fast_and_slow_readers(
 @pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
 def test_files_go_out_with_sendfile(server: PassengerServer, tmp_path: Path) -> None:
     helper = server.agent_pid("PassengerHelperAgent")
-    trace = tmp_path / "trace"
-    tracer = subprocess.Popen(["strace", "-f", "-e", "trace=sendfile", "-o", str(trace),
-                               "-p", str(helper)], stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
+    with syscall_results(helper, "sendfile", tmp_path / "trace") as sent:
         assert len(get(server, "/big.bin")[2]) == 8 * 1024 * 1024
-        time.sleep(0.3)
-    finally:
-        tracer.terminate()
-        tracer.wait(10)
-    calls = [line for line in trace.read_text().splitlines() if "sendfile(" in line]
-    sent = sum(int(line.rsplit("= ", 1)[1].split()[0]) for line in calls
-               if line.rsplit("= ", 1)[-1].split()[0].isdigit())
-    assert calls and sent > 4 * 1024 * 1024, calls[:5]
+    assert sent and sum(sent) > 4 * 1024 * 1024, sent[:5]
 
 
 def test_no_static_files_option(app: Path) -> None:
