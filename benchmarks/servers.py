@@ -278,7 +278,25 @@ class OurServer(Server):
         return "passenger-config restart-app"
 
 
-class GunicornServer(Server):
+class PreforkServer(Server):
+    """A master that forks its workers and reloads them all on SIGHUP (gunicorn, uWSGI)."""
+
+    def processes(self) -> list[ProcInfo]:
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        out = [ProcInfo("agent", "master", self.proc.pid)]
+        out += [ProcInfo("app", "worker", c) for c in procs.children(self.proc.pid)
+                if procs.is_alive(c)]
+        return out
+
+    def restart_app(self) -> str | None:
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGHUP)  # a graceful reload of every worker
+        return "kill -HUP master"
+
+
+class GunicornServer(PreforkServer):
     kind = "gunicorn"
     restart_name = "kill -HUP master"
 
@@ -293,22 +311,9 @@ class GunicornServer(Server):
                 *self.worker_args, "-b", f"127.0.0.1:{self.port}", "--chdir",
                 str(self.app_dir), "passenger_wsgi:application"]
 
-    def processes(self) -> list[ProcInfo]:
-        if self.proc is None or self.proc.poll() is not None:
-            return []
-        out = [ProcInfo("agent", "master", self.proc.pid)]
-        out += [ProcInfo("app", "worker", c) for c in procs.children(self.proc.pid)
-                if procs.is_alive(c)]
-        return out
-
-    def restart_app(self) -> str | None:
-        if self.proc is None:
-            return None
-        self.proc.send_signal(signal.SIGHUP)
-        return "kill -HUP master"
 
 
-class UwsgiServer(Server):
+class UwsgiServer(PreforkServer):
     """uWSGI from PyPI, the "C speed" reference: 2 preforked processes answering HTTP
     themselves (--http-socket, no router process in between).
 
@@ -335,19 +340,6 @@ class UwsgiServer(Server):
                 "--disable-logging", "--die-on-term", "--add-header", "Connection: close",
                 "--virtualenv", python_prefix(self.python)]
 
-    def processes(self) -> list[ProcInfo]:
-        if self.proc is None or self.proc.poll() is not None:
-            return []
-        out = [ProcInfo("agent", "master", self.proc.pid)]
-        out += [ProcInfo("app", "worker", c) for c in procs.children(self.proc.pid)
-                if procs.is_alive(c)]
-        return out
-
-    def restart_app(self) -> str | None:
-        if self.proc is None:
-            return None
-        self.proc.send_signal(signal.SIGHUP)   # graceful reload of every worker
-        return "kill -HUP master"
 
 
 class RealPassenger(Server):
