@@ -29,7 +29,6 @@ are opened without following symbolic links and without blocking (a FIFO planted
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import stat
 import time
@@ -40,18 +39,16 @@ from typing import Any
 
 from passenger.common import SERVER_SOFTWARE
 from passenger.common.owned_instance_dir import (
-    ACCESS_FIFO,
     ADMIN_SOCKET,
-    APPS_DIR,
-    BUFFERS_DIR,
     CREATION_FINALIZED,
     LOCK,
-    LOGGING_FIFO,
     PREFIX,
     PROPERTIES,
     OwnedInstanceDir,
     UnsafePath,
     check_registry,
+    open_regular,
+    read_properties,
     registry_path,
 )
 from passenger.common.owned_instance_dir import trusted_owner as _trusted_owner
@@ -59,7 +56,6 @@ from passenger.common.owned_instance_dir import trusted_owner as _trusted_owner
 __all__ = ["PREFIX", "InstanceDir", "OwnedInstanceDir", "UnsafePath", "check_registry",
            "foreign_because", "list_instances", "registry_dir", "untrusted_because"]
 UNFINALIZED_GRACE_SECONDS = 60.0
-MAX_PROPERTIES = 1 << 20
 
 
 def untrusted_because(path: Path) -> str:
@@ -87,15 +83,6 @@ def untrusted_because(path: Path) -> str:
     return ""
 
 
-def _open_regular(path: Path) -> int:
-    """Read-only, never through a link, never blocking; only a regular file."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(f"{path} is not a regular file")
-    return fd
-
-
 def registry_dir(configured: str = "") -> Path:
     return Path(registry_path(configured))
 
@@ -109,33 +96,11 @@ class InstanceDir:
         return self.path / ADMIN_SOCKET
 
     @property
-    def logging_fifo(self) -> Path:
-        return self.path / LOGGING_FIFO
-
-    @property
-    def access_fifo(self) -> Path:
-        return self.path / ACCESS_FIFO
-
-    @property
-    def apps_dir(self) -> Path:
-        return self.path / APPS_DIR
-
-    @property
-    def buffers_dir(self) -> Path:
-        """Request and response bodies the helper agent holds (unlinked files)."""
-        return self.path / BUFFERS_DIR
-
-    @property
     def lock_file(self) -> Path:
         return self.path / LOCK
 
     def properties(self) -> dict[str, Any]:
-        fd = _open_regular(self.path / PROPERTIES)
-        with os.fdopen(fd, "rb") as f:
-            data = json.loads(f.read(MAX_PROPERTIES))
-        if not isinstance(data, dict):
-            raise ValueError("properties.json is not an object")
-        return data
+        return read_properties(os.fspath(self.path / PROPERTIES))
 
     @property
     def name(self) -> str:
@@ -147,7 +112,7 @@ class InstanceDir:
     def is_locked(self) -> bool:
         """True while a watchdog holds the lock, i.e. the instance is alive."""
         try:
-            fd = _open_regular(self.lock_file)
+            fd = open_regular(os.fspath(self.lock_file))
         except FileNotFoundError:
             return False
         except OSError:

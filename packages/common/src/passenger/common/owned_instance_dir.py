@@ -90,6 +90,27 @@ def random_text(length: int, alphabet: str) -> str:
     return "".join(chars[:length])
 
 
+MAX_PROPERTIES = 1 << 20
+
+
+def open_regular(path: str) -> int:
+    """Read-only, never through a link, never blocking; only a regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return fd
+
+
+def read_properties(path: str) -> dict[str, Any]:
+    """An instance's properties.json (a JSON object of at most MAX_PROPERTIES bytes)."""
+    with os.fdopen(open_regular(path), "rb") as f:
+        data = json.loads(f.read(MAX_PROPERTIES))
+    if not isinstance(data, dict):
+        raise ValueError("properties.json is not an object")
+    return data
+
+
 class InstancePaths:
     """The files of an instance directory, as plain strings: what the agents use
     (pathlib would cost each of them most of a megabyte)."""
@@ -111,9 +132,7 @@ class InstancePaths:
 
     def properties_name(self) -> str:
         """The instance's name, from the properties its watchdog wrote."""
-        fd = os.open(self.file(PROPERTIES), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as f:
-            return str(json.loads(f.read(1 << 20)).get("name", "?"))
+        return str(read_properties(self.file(PROPERTIES)).get("name", "?"))
 
     @property
     def admin_socket(self) -> str:

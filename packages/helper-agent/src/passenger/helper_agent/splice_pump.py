@@ -110,7 +110,7 @@ class SplicePump:
     def _wait(self, reading: bool, writing: bool) -> None:
         if reading != self.reading:
             if reading:
-                self.loop.add_reader(self.source, self._readable)
+                self.loop.add_reader(self.source, self._step)
             else:
                 self.loop.remove_reader(self.source)
             self.reading = reading
@@ -124,9 +124,6 @@ class SplicePump:
                 self.loop.remove_writer(self.target)
                 self._unstall()
             self.writing = writing
-
-    def _readable(self) -> None:
-        self._step()
 
     def _writable(self) -> None:
         self._unstall()
