@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import logging
@@ -11,6 +10,9 @@ import signal
 import time
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Protocol
+
+from passenger.common.lifecycle import Transitions
+from passenger.helper_agent.system import REAL_SYSTEM, System, Timer
 
 if TYPE_CHECKING:
     from passenger.helper_agent.app_channel import Channel
@@ -26,16 +28,25 @@ class ProcessState(enum.Enum):
     DEAD = "dead"
 
 
-TRANSITIONS: dict[ProcessState, frozenset[ProcessState]] = {
-    ProcessState.SPAWNING: frozenset({ProcessState.ENABLED, ProcessState.DEAD}),
-    ProcessState.ENABLED: frozenset({ProcessState.SHUTTING_DOWN, ProcessState.DEAD}),
-    ProcessState.SHUTTING_DOWN: frozenset({ProcessState.DEAD}),
-    ProcessState.DEAD: frozenset(),
-}
+SPAWNING, ENABLED = ProcessState.SPAWNING, ProcessState.ENABLED
+SHUTTING_DOWN, DEAD = ProcessState.SHUTTING_DOWN, ProcessState.DEAD
+PROCESS_LIFECYCLE = Transitions("app process", [
+    (SPAWNING, ENABLED, "reported ready and its connections are open"),
+    (SPAWNING, DEAD, "exited, or was killed, before it was ready"),
+    (ENABLED, SHUTTING_DOWN, "shut down: idle, detached, replaced, restarting, "
+                             "broken connection, --max-request-time, stopping"),
+    (ENABLED, DEAD, "exited unasked (a crash)"),
+    (SHUTTING_DOWN, DEAD, "exited"),
+])
 
 
-class InvalidTransition(RuntimeError):
-    pass
+class Retirement(enum.Enum):
+    """Why a process is being replaced: it serves on until its successor is ready. The
+    value is the reason's name in the metrics (`passenger_processes_replaced_total`)."""
+
+    MAX_REQUESTS = "max_requests"
+    MEMORY_LIMIT = "memory_limit"
+    ROLLING_RESTART = "rolling_restart"
 
 
 class ChildProcess(Protocol):
@@ -74,7 +85,8 @@ class AppProcess:
     socket_path: str
     concurrency: int = 1
     state: ProcessState = ProcessState.SPAWNING
-    sessions: int = 0
+    sessions: int = 0             # requests on it now: len(busy), kept for speed
+    busy: set[Channel] = field(default_factory=set)  # its channels with a request
     processed: int = 0
     spawn_started: float = field(default_factory=time.time)
     spawn_ended: float = 0.0
@@ -83,30 +95,33 @@ class AppProcess:
     own_process_group: bool = False  # a generic app: signals go to its whole group
     exit_description: str = ""
     request_limit: int = 0        # --max-requests plus this process's jitter; 0: none
-    retiring: str = ""            # why a replacement was asked for, while it is spawning
-    kill_timer: asyncio.TimerHandle | None = None
+    # Why a replacement was asked for (and, for the log and status, in words), while the
+    # successor is spawning.
+    retiring: Retirement | None = None
+    retiring_why: str = ""
+    kill_timer: Timer | None = None
     broke: bool = False           # its connection broke unasked: an exit then is a crash
+    system: System = REAL_SYSTEM
 
     @property
     def pid(self) -> int:
         return self.popen.pid
 
     def change_state(self, new: ProcessState) -> None:
-        if new not in TRANSITIONS[self.state]:
-            raise InvalidTransition(f"process {self.pid}: {self.state.value} -> {new.value}")
+        PROCESS_LIFECYCLE.check(self.state, new)
         log.debug("App process %d: %s -> %s", self.pid, self.state.value, new.value)
         self.state = new
 
     @property
     def accepts_requests(self) -> bool:
-        return self.state is ProcessState.ENABLED and self.sessions < self.concurrency
+        return self.state is ENABLED and self.sessions < self.concurrency
 
     def free_channel(self) -> Channel | None:
         return next((c for c in self.channels if c.sink is None and c.available), None)
 
     @property
     def idle(self) -> bool:
-        return self.state is ProcessState.ENABLED and self.sessions == 0 and not self.retiring
+        return self.state is ENABLED and self.sessions == 0 and self.retiring is None
 
     def stop_gracefully(self) -> None:
         """Close its lifeline: the loader exits once its current request is done."""
@@ -114,10 +129,26 @@ class AppProcess:
             with contextlib.suppress(OSError):
                 self.popen.stdin.close()
 
+    def open_session(self, channel: Channel) -> None:
+        self.busy.add(channel)
+        self.sessions += 1
+
+    def close_session(self, channel: Channel) -> bool:
+        """-> whether the session was open: a session ends once, however many paths
+        (the response's end, an error answer, the connection's loss) report it."""
+        if channel not in self.busy:
+            return False
+        self.busy.discard(channel)
+        self.sessions -= 1
+        return True
+
+    def retire(self, why: Retirement, in_words: str) -> None:
+        self.retiring, self.retiring_why = why, in_words
+
+    def keep(self) -> None:
+        """Its replacement failed: it serves on."""
+        self.retiring, self.retiring_why = None, ""
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.popen.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if self.own_process_group:
-                    os.killpg(self.pid, sig)
-                else:
-                    os.kill(self.pid, sig)
+            self.system.kill(self.pid, sig, process_group=self.own_process_group)

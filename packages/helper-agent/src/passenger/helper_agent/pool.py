@@ -1,5 +1,6 @@
-"""The application pool: every group, the shared --max-pool-size, the top-level queue, the
-periodic upkeep (idle processes, memory limits) and the status view.
+"""The application pool: every group, the shared --max-pool-size, the top-level queue and
+the periodic upkeep. It answers the groups' questions about room (`group.Room`) and asks
+them through their methods; the status views are in `pool_status`.
 
 Several apps share one pool. When it is full and an app with no process gets a request,
 the oldest idle process of another app is stopped to make room (Passenger's rule); if
@@ -10,37 +11,47 @@ idle, which is then stopped for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import time
+from collections.abc import Callable
 from typing import Any
 
-from passenger.common import SERVER_SOFTWARE, VERSION
 from passenger.common.config import ServerConfig
 from passenger.common.log_records import LogLineWriter
 from passenger.common.procfs import ProcessGone, ProcFS
-from passenger.helper_agent.app_process import AppProcess, ProcessState
+from passenger.helper_agent import pool_status
+from passenger.helper_agent.app_process import AppProcess
+from passenger.helper_agent.child_watcher import ChildWatcher
 from passenger.helper_agent.group import Group
-from passenger.helper_agent.spawner import WATCHED_PIDS, Spawner
+from passenger.helper_agent.spawner import Spawner
+from passenger.helper_agent.system import REAL_SYSTEM, System
 
 log = logging.getLogger(__name__)
 UPKEEP_INTERVAL = 1.0
 
 
+MakeSpawner = Callable[[Group, ChildWatcher], Spawner]
+
+
 class Pool:
     def __init__(self, config: ServerConfig, apps_dir: str, log_writer: LogLineWriter,
-                 instance_name: str, access_log: LogLineWriter | None = None) -> None:
+                 instance_name: str, access_log: LogLineWriter | None = None,
+                 make_spawner: MakeSpawner | None = None,
+                 system: System = REAL_SYSTEM) -> None:
         self.config = config
+        self.system = system
+        self.children = ChildWatcher()
         self.instance_name = instance_name
         self.max_pool_size = config.max_pool_size
         self.procfs = ProcFS()
         self.log_writer = log_writer
         self.access_log = access_log
         self.watchdog_log_lines_dropped = 0  # as the watchdog last told us
+        if make_spawner is None:
+            def make_spawner(group: Group, children: ChildWatcher) -> Spawner:
+                return Spawner(group.config, apps_dir, log_writer, group, children)
+        new_spawner = make_spawner
         self.groups = [
-            Group(app_config, route, self,
-                  make_spawner=lambda g: Spawner(g.config, apps_dir, log_writer, g))
+            Group(app_config, route, self, lambda g: new_spawner(g, self.children), system)
             for route, app_config in config.app_configs()]
         self.only_group = self.groups[0] if len(self.groups) == 1 else None
         self.waiting: list[Group] = []  # groups in the top-level queue
@@ -63,7 +74,7 @@ class Pool:
         return max(matching, default=None, key=lambda g: (bool(g.route_rule.server_names),
                                                           len(g.route_rule.base_uri)))
 
-    # -- capacity --------------------------------------------------------------------
+    # -- room (what groups ask) -------------------------------------------------------
 
     def capacity_used(self) -> int:
         return sum(g.capacity_used() for g in self.groups)
@@ -71,91 +82,64 @@ class Pool:
     def has_capacity(self) -> bool:
         return self.capacity_used() < self.max_pool_size
 
-    def free_capacity_for(self, group: Group) -> bool:
-        """Stop the oldest idle process of another app, if the rules allow, to make room."""
-        if len(self.groups) == 1:
-            return False
-        candidates = [
-            (p.last_used, p, g) for g in self.groups if g is not group
-            for p in g.active() if p.idle
-            and (not group.active() or len(g.active()) > g.config.min_instances)]
+    def may_grow(self, group: Group, for_queued_requests: bool) -> bool:
+        if self.only_group is group:  # alone in the pool: no one to take room from
+            return group.capacity_used() < self.max_pool_size
+        if not for_queued_requests:
+            # Only --min-instances wants it: free room goes first to an app whose
+            # requests wait with no process, and no other app's process is taken.
+            return self.has_capacity() and not any(
+                g.starving() for g in self.groups if g is not group)
+        return self.has_capacity() or self._make_room_for(group)
+
+    def _make_room_for(self, group: Group) -> bool:
+        """Stop the oldest idle process of another app, if the rules allow, to make room:
+        an app with processes of its own takes none below another's --min-instances."""
+        keep_min = bool(group.active())
+        candidates = [(p.last_used, p, g) for g in self.groups if g is not group
+                      for p in g.spare_idle_processes(keep_min)]
         if not candidates:
             return False
         _, process, owner = min(candidates, key=lambda c: c[0])
         owner.shut_down(process, f"the pool is full and {group.name} needs room")
         return True
 
-    def starving_groups(self, other_than: Group) -> list[Group]:
-        """Apps with requests waiting and no process to serve them."""
-        return [g for g in self.groups
-                if g is not other_than and g.queue and not g.active() and not g.spawning]
-
-    def wait_for_capacity(self, group: Group) -> None:
+    def wait_for_room(self, group: Group) -> None:
         if group not in self.waiting:
             self.waiting.append(group)
 
-    def on_process_idle(self, process: AppProcess) -> None:
+    def on_process_idle(self, group: Group, process: AppProcess) -> None:
         """An idle process is given up when another app is waiting for room."""
         if not self.waiting:
             return  # the usual case, on the path of every request
         if self.has_capacity():
-            self.on_capacity_freed()
-            return
-        owner = next(g for g in self.groups if process in g.processes)
-        if any(g is not owner for g in self.waiting):
-            owner.shut_down(process, "another app is waiting for room in the pool")
+            self.on_room_freed()
+        elif any(g is not group for g in self.waiting):
+            group.shut_down(process, "another app is waiting for room in the pool")
 
-    def on_capacity_freed(self) -> None:
+    def on_room_freed(self) -> None:
         for group in list(self.waiting):
-            if not group.queue:
-                self.waiting.remove(group)
-                continue
-            group.maybe_spawn()
-            if group.spawn_task is not None:
+            if not group.has_waiting_requests() or group.maybe_spawn():
                 self.waiting.remove(group)
 
     def busy_sessions(self) -> int:
-        return sum(p.sessions for g in self.groups for p in g.processes)
+        return sum(g.busy_sessions() for g in self.groups)
 
     # -- upkeep ----------------------------------------------------------------------
 
     async def _upkeep(self) -> None:
         while True:
             await asyncio.sleep(UPKEEP_INTERVAL)
-            now = time.time()
+            now = self.system.time()
             for group in self.groups:
-                self._stop_idle_processes(group, now)
-                self._enforce_memory_limit(group)
-                group.spawner.stop_idle_preloader()
-            reap_orphans()
+                group.upkeep(now, self.config.pool_idle_time, self.private_dirty_kb)
+            self.children.reap_orphans()
 
-    def _stop_idle_processes(self, group: Group, now: float) -> None:
-        idle_time = self.config.pool_idle_time
-        if not idle_time:
-            return
-        for process in sorted(group.active(), key=lambda p: p.last_used):
-            if len(group.active()) <= group.config.min_instances:
-                return
-            if process.idle and now - process.last_used >= idle_time:
-                group.shut_down(process, f"idle for more than {idle_time} s "
-                                         f"(--pool-idle-time)")
-
-    def _enforce_memory_limit(self, group: Group) -> None:
-        limit_mb = group.config.memory_limit
-        if not limit_mb:
-            return
-        for process in group.active():
-            if process.retiring:
-                continue
-            try:
-                totals = self.procfs.smaps_totals(process.pid)
-            except (ProcessGone, OSError):
-                continue
-            private_dirty_kb = (totals or {}).get("Private_Dirty", 0)
-            if private_dirty_kb > limit_mb * 1024:
-                group.replace(process, "memory_limit",
-                              f"uses {private_dirty_kb / 1024:.0f} MB of private dirty "
-                              f"memory, over --memory-limit {limit_mb} MB")
+    def private_dirty_kb(self, pid: int) -> int | None:
+        try:
+            return (self.procfs.smaps_totals(pid) or {}).get("Private_Dirty")
+        except (ProcessGone, OSError, ValueError):
+            return None
 
     # -- administration --------------------------------------------------------------
 
@@ -176,54 +160,13 @@ class Pool:
             self.upkeep_task.cancel()
         await asyncio.gather(*(g.stop(kill_after) for g in self.groups))
 
-    def _metrics(self, pid: int) -> dict[str, Any]:
-        """CPU and memory as Passenger reports them (kB); None where unreadable."""
-        try:
-            smaps = self.procfs.smaps_totals(pid) or {}
-            private = smaps.get("Private_Dirty")
-            return {"cpu": round(self.procfs.cpu_percent(pid)),
-                    "real_memory_kb": None if private is None
-                    else private + smaps.get("Swap", 0),
-                    "rss_kb": smaps.get("Rss"), "pss_kb": smaps.get("Pss"),
-                    "private_dirty_kb": private, "swap_kb": smaps.get("Swap"),
-                    "vmsize_kb": self.procfs.status_kb(pid, "VmSize")}
-        except (ProcessGone, OSError, ValueError, IndexError):
-            return {"cpu": None, "real_memory_kb": None}
-
-    def private_dirty_kb(self, pid: int) -> int | None:
-        try:
-            return (self.procfs.smaps_totals(pid) or {}).get("Private_Dirty")
-        except (ProcessGone, OSError, ValueError):
-            return None
-
-    async def backtraces(self) -> list[dict[str, Any]]:
-        """Every thread's stack in every WSGI process, asked of all at once."""
-        targets = [(g, p) for g in self.groups for p in g.processes
-                   if p.state in (ProcessState.ENABLED, ProcessState.SHUTTING_DOWN)
-                   and not p.own_process_group]
-
-        async def one(group: Group, process: AppProcess) -> dict[str, Any]:
-            entry: dict[str, Any] = {"app": group.name, "pid": process.pid}
-            try:
-                entry["backtraces"] = await group.spawner.backtraces(process)
-            except (TimeoutError, ValueError) as exc:
-                entry["error"] = str(exc) or "no answer within 3 s"
-            return entry
-        return list(await asyncio.gather(*(one(g, p) for g, p in targets)))
+    # -- views (pool_status) ---------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        groups = [g.snapshot(self._metrics) for g in self.groups]
-        return {
-            "version": VERSION, "server_software": SERVER_SOFTWARE,
-            "instance": self.instance_name, "now": time.time(),
-            "max_pool_size": self.max_pool_size,
-            "process_count": sum(len(g["processes"]) for g in groups),
-            "capacity_used": self.capacity_used(),
-            "requests_in_top_level_queue": sum(len(g.queue) for g in self.waiting),
-            "log_lines_dropped": self.log_lines_dropped(),
-            "groups": groups,
-        }
+        return pool_status.pool_snapshot(self)
 
+    async def backtraces(self) -> list[dict[str, Any]]:
+        return await pool_status.backtraces(self)
 
     def log_lines_dropped(self) -> dict[str, int]:
         """Lines each log writer dropped while its logging pipe was full."""
@@ -231,17 +174,3 @@ class Pool:
                 "helper agent, access log":
                     self.access_log.dropped_total if self.access_log else 0,
                 "watchdog, main log": self.watchdog_log_lines_dropped}
-
-
-def reap_orphans() -> None:
-    """As a child subreaper we inherit orphans that are not ours (say, an app's own
-    daemonized child): wait for those, leave the ones a pidfd watcher will reap."""
-    while True:
-        try:
-            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return
-        if info is None or info.si_pid in WATCHED_PIDS:
-            return
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(info.si_pid, 0)

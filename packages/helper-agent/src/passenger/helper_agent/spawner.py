@@ -1,8 +1,10 @@
-"""Starting app processes the direct way: a fresh interpreter running `wsgi_loader.py`.
+"""Starting an app's processes, in one of three ways: `direct` (a fresh interpreter
+running `wsgi_loader.py`), `smart` (a fork of the app's preloader, which loaded the app
+once) or generic (any command serving HTTP on $PORT, with --app-start-command).
 
-The child gets its startup document on stdin (kept open as its lifeline), reports ready
-or a load error on a feedback pipe, and writes its stdout and stderr to one pipe whose
-lines we forward to the logging agent as `App <pid> output: ...`.
+A WSGI child gets its startup document on stdin (kept open as its lifeline) and reports
+ready or a load error on a feedback pipe; its output goes to `AppOutput`, its exit to
+the helper agent's one `ChildWatcher`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Protocol
 from passenger.common import SERVER_SOFTWARE, app_protocol
 from passenger.common.config import ServerConfig
 from passenger.common.exit_status import describe_exit
-from passenger.common.log_records import LogLineWriter, app_output_line
+from passenger.common.log_records import LogLineWriter
 from passenger.common.process_title import PRELOADER_PREFIX, WSGI_APP_PREFIX
 from passenger.common.startup_protocol import (
     encode_document,
@@ -32,19 +34,18 @@ from passenger.common.startup_protocol import (
 )
 from passenger.helper_agent import wsgi_loader
 from passenger.helper_agent.app_channel import AppChannel, Channel
+from passenger.helper_agent.app_output import AppOutput
 from passenger.helper_agent.app_process import (
     AdoptedProcess,
     AppProcess,
-    ChildProcess,
     ProcessState,
 )
 from passenger.helper_agent.app_user import app_user
+from passenger.helper_agent.child_watcher import ChildWatcher
 from passenger.helper_agent.http_app_channel import HttpAppChannel
 from passenger.helper_agent.preloader import Preloader, PreloaderError
 
 log = logging.getLogger(__name__)
-MAX_OUTPUT_KEPT = 50
-WATCHED_PIDS: set[int] = set()  # processes whose exit a pidfd watcher will reap
 GENERIC_POLL_INTERVAL = 0.05
 PR_SET_PDEATHSIG = 1
 
@@ -94,34 +95,17 @@ class ProcessOwner(Protocol):
 BACKTRACE_TIMEOUT = 3.0  # a process busy in C code that never returns cannot answer
 
 
-class BacktraceCapture:
-    """Collects a process's output between the loader's backtrace markers."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] | None = None
-        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    def take(self, line: str) -> None:
-        if line == wsgi_loader.BACKTRACES_BEGIN:
-            self.lines = []
-        elif line == wsgi_loader.BACKTRACES_END and self.lines is not None:
-            if not self.done.done():
-                self.done.set_result("\n".join(self.lines))
-        elif self.lines is not None:
-            self.lines.append(line)
-
-
 class Spawner:
     def __init__(self, config: ServerConfig, apps_dir: str, log_writer: LogLineWriter,
-                 owner: ProcessOwner) -> None:
+                 owner: ProcessOwner, children: ChildWatcher) -> None:
         self.config = config
         self.apps_dir = apps_dir
-        self.log_writer = log_writer
+        self.output = AppOutput(log_writer)
+        self.children = children
         self.owner = owner
         self.preloader: Preloader | None = None
         self.warned_unsafe = False
         self.user = app_user(config)
-        self.backtraces_due: dict[int, BacktraceCapture] = {}  # by PID, asked, not yet out
         if self.user is not None:
             log.info("Processes of %s run as user %s", config.app_root, self.user.name)
 
@@ -160,13 +144,12 @@ class Spawner:
         """Every thread's stack in a WSGI process (the loader dumps them on SIGQUIT)."""
         if self.config.app_start_command:
             raise ValueError("a generic app (--app-start-command) cannot dump its stacks")
-        capture = self.backtraces_due[process.pid] = BacktraceCapture()
+        capture = self.output.expect_backtraces(process.pid)
         process.kill(signal.SIGQUIT)
         try:
             return await asyncio.wait_for(capture.done, BACKTRACE_TIMEOUT)
         finally:
-            if self.backtraces_due.get(process.pid) is capture:
-                del self.backtraces_due[process.pid]
+            self.output.backtraces_taken(process.pid, capture)
 
     def preflight(self) -> str:
         """Why no process of this app could ever start ("" if one may): checked before
@@ -230,7 +213,7 @@ class Spawner:
         process = AppProcess(popen=popen, socket_path=f"127.0.0.1:{port}",
                              own_process_group=True)
         output: list[str] = []
-        self._forward_output(process.pid, output_r, output,
+        self.output.forward(process.pid, output_r, output,
                              keeping=lambda: process.state is ProcessState.SPAWNING)
         self._adopt(process)
         try:
@@ -301,7 +284,7 @@ class Spawner:
         popen = AdoptedProcess(pid, os.fdopen(lifeline_w, "wb"))
         output: list[str] = []
         process = AppProcess(popen=popen, socket_path=socket_path)
-        self._forward_output(pid, output_r, output,
+        self.output.forward(pid, output_r, output,
                              keeping=lambda: process.state is ProcessState.SPAWNING)
         self._adopt(process)
         return await self._finish_spawn(process, feedback_r, output)
@@ -320,7 +303,7 @@ class Spawner:
         finally:
             theirs.close()
         preloader = Preloader(popen, control)
-        self._watch_exit(popen, lambda: self._preloader_exited(preloader))
+        self.children.watch(popen, lambda: self._preloader_exited(preloader))
         message = await self._await_feedback(feedback_r, output, popen.pid,
                                              lambda: preloader.stop())
         preloader.unsafe = str(message.get("unsafe") or "")
@@ -389,7 +372,7 @@ class Spawner:
             os.close(output_w)
         output: list[str] = []
         starting = [True]
-        self._forward_output(popen.pid, output_r, output, keeping=lambda: starting[0])
+        self.output.forward(popen.pid, output_r, output, keeping=lambda: starting[0])
         assert popen.stdin is not None
         with contextlib.suppress(BrokenPipeError):  # it died at once: the feedback says so
             popen.stdin.write(encode_document({
@@ -418,7 +401,7 @@ class Spawner:
 
     def _adopt(self, process: AppProcess) -> None:
         """Watch the process's exit."""
-        self._watch_exit(process.popen, lambda: self._process_exited(process))
+        self.children.watch(process.popen, lambda: self._process_exited(process))
 
     def _process_exited(self, process: AppProcess) -> None:
         if process.socket_path.startswith("/"):
@@ -449,57 +432,6 @@ class Spawner:
                 on_lost=lambda: self.owner.on_channel_lost(process)),
             process.socket_path)
         return channel
-
-    def _forward_output(self, pid: int, fd: int, kept: list[str],
-                        keeping: Callable[[], bool]) -> None:
-        """Each line the process prints goes to the log as `App <pid> output: ...`; while
-        `keeping()`, the last lines are kept for a spawn error report too."""
-        loop = asyncio.get_running_loop()
-        os.set_blocking(fd, False)
-        pending = bytearray()
-
-        def readable() -> None:
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                return
-            except OSError:
-                data = b""
-            pending.extend(data)
-            lines = pending.split(b"\n")
-            if data:
-                pending[:] = lines.pop()
-            else:
-                loop.remove_reader(fd)
-                os.close(fd)
-                pending.clear()
-                lines = [line for line in lines if line]
-            for raw in lines:
-                line = raw.decode("utf-8", "replace").rstrip("\r")
-                self.log_writer.write(app_output_line(pid, line))
-                if keeping():
-                    kept.append(line)
-                    del kept[:-MAX_OUTPUT_KEPT]
-                if pid in self.backtraces_due:
-                    self.backtraces_due[pid].take(line)
-
-        loop.add_reader(fd, readable)
-
-    def _watch_exit(self, popen: ChildProcess, on_exit: Callable[[], None]) -> None:
-        """A pidfd becomes readable the moment the process exits: no polling."""
-        loop = asyncio.get_running_loop()
-        pidfd = os.pidfd_open(popen.pid)
-        WATCHED_PIDS.add(popen.pid)
-
-        def exited() -> None:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-            popen.poll()
-            WATCHED_PIDS.discard(popen.pid)
-            on_exit()
-
-        loop.add_reader(pidfd, exited)
-
 
 def free_port() -> int:
     with socket.socket() as s:
