@@ -50,7 +50,7 @@ from passenger.cli.instances import (
     select_instance,
 )
 from passenger.cli.terminal import protect_output
-from passenger.common import VERSION
+from passenger.common import VERSION, admin_paths
 from passenger.common.admin_client import AdminError, request
 from passenger.common.instance_dir import InstanceDir
 
@@ -107,7 +107,7 @@ def _admin_post(instance: InstanceDir, path: str, body: dict[str, object],
     try:
         return request(instance.admin_socket, "POST", path, body)
     except AdminError as exc:
-        if ignore_not_found and " 404:" in str(exc):
+        if ignore_not_found and exc.status == 404:
             sys.exit(0)
         print(f"passenger-config: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -120,7 +120,7 @@ def detach_process(args: dict[str, Any]) -> None:
               file=sys.stderr)
         sys.exit(2)
     instance = _instance(args["--instance"])
-    _admin_post(instance, "/pool/detach_process.json", {"pid": int(pid_text)},
+    _admin_post(instance, admin_paths.DETACH_PROCESS, {"pid": int(pid_text)},
                 bool(args["--ignore-nonexistant-pid"]))
     print(f"Process {pid_text} detached.")
 
@@ -129,7 +129,7 @@ def restart_app(args: dict[str, Any]) -> None:
     prefix = str(args["<APP_PATH_PREFIX>"])
     prefix = os.path.abspath(prefix) if prefix == "." or not prefix.startswith("/") else prefix
     instance = _instance(args["--instance"])
-    result = _admin_post(instance, "/pool/restart_app_group.json",
+    result = _admin_post(instance, admin_paths.RESTART_APP_GROUP,
                          {"app_root_prefix": prefix, "rolling": bool(args["--rolling-restart"])},
                          bool(args["--ignore-app-not-running"]))
     for name in (result or {}).get("restarted", []):  # type: ignore[attr-defined]

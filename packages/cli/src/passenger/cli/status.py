@@ -25,6 +25,7 @@ from passenger.cli.command_line import entry_point, parse
 from passenger.cli.instances import NoInstance, select_instance
 from passenger.cli.pool_xml import duration, pool_xml
 from passenger.cli.terminal import protect_output
+from passenger.common import admin_paths
 from passenger.common.admin_client import AdminError, request
 
 SHOW_CHOICES = ("pool", "json", "requests", "server", "xml", "backtraces")
@@ -114,15 +115,14 @@ def main(argv: list[str] | None = None) -> None:
     header = not args["--no-header"]
     try:
         instance = select_instance(args["NAME"] or args["--instance"])
-        pool = request(instance.admin_socket, "GET", "/pool.json")
+        admin_socket = instance.admin_socket
+        pool = request(admin_socket, "GET", admin_paths.POOL)
         if show == "requests":
-            out = header_json(pool, request(instance.admin_socket, "GET", "/requests.json"),
-                              header)
+            out = header_json(pool, request(admin_socket, "GET", admin_paths.REQUESTS), header)
         elif show == "server":
-            out = header_json(pool, request(instance.admin_socket, "GET", "/server.json"),
-                              header)
+            out = header_json(pool, request(admin_socket, "GET", admin_paths.SERVER), header)
         elif show == "backtraces":
-            found = request(instance.admin_socket, "GET", "/backtraces.json", timeout=30)
+            found = request(admin_socket, "GET", admin_paths.BACKTRACES, timeout=30)
             out = (format_header(pool) + "\n" if header else "") + format_backtraces(found)
         elif show == "xml":
             out = pool_xml(pool)

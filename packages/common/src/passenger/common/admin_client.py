@@ -10,7 +10,13 @@ from typing import Any
 
 
 class AdminError(RuntimeError):
-    pass
+    """The call failed; the message is the one line users see. `status` is the HTTP
+    status the helper agent answered, or None when no answer came (it could not be
+    reached, or the connection broke first)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _UnixHTTPConnection(http.client.HTTPConnection):
@@ -27,6 +33,8 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 def request(socket_path: Path, method: str, path: str, body: Any = None,
             timeout: float = 10.0) -> Any:
+    """`method` `path` (see admin_paths) with `body` as JSON -> the decoded JSON answer;
+    AdminError if the helper agent cannot be reached or answers with an error."""
     conn = _UnixHTTPConnection(str(socket_path), timeout)
     try:
         payload = None if body is None else json.dumps(body).encode()
@@ -41,8 +49,10 @@ def request(socket_path: Path, method: str, path: str, body: Any = None,
     try:
         decoded = json.loads(data) if data else None
     except ValueError:
-        raise AdminError(f"the helper agent answered {resp.status} with non-JSON data") from None
+        raise AdminError(f"the helper agent answered {resp.status} with non-JSON data",
+                         resp.status) from None
     if resp.status >= 400:
         reason = decoded.get("error") if isinstance(decoded, dict) else None
-        raise AdminError(f"the helper agent answered {resp.status}: {reason or resp.reason}")
+        raise AdminError(f"the helper agent answered {resp.status}: {reason or resp.reason}",
+                         resp.status)
     return decoded

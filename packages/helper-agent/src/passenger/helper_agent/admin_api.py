@@ -7,6 +7,8 @@
     GET  /backtraces.json               -> every thread's stack in every WSGI process
     POST /pool/detach_process.json      {"pid": N} -> shut that process down gracefully
     POST /pool/restart_app_group.json   {"app_root_prefix": "/srv/app", "rolling": false}
+
+The paths are named once, in `passenger.common.admin_paths`, for us and our callers.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import httptools
+
+from passenger.common import admin_paths
 
 if TYPE_CHECKING:
     from passenger.helper_agent.front_end import FrontEnd
@@ -55,6 +59,7 @@ class BadRequest(Exception):
 
 
 def admin_routes(pool: Pool, front: FrontEnd) -> dict[tuple[bytes, bytes], Handler]:
+    """The handler of each (method, path), in bytes as the parser gives them."""
     def detach(body: bytes) -> tuple[int, Any]:
         pid = _json_body(body, "pid", int)
         if not pool.detach(pid):
@@ -75,16 +80,18 @@ def admin_routes(pool: Pool, front: FrontEnd) -> dict[tuple[bytes, bytes], Handl
     async def backtraces(body: bytes) -> tuple[int, Any]:
         return 200, await pool.backtraces()
 
-    return {
-        (b"GET", b"/ping.json"): lambda body: (200, {"status": "ok"}),
-        (b"GET", b"/pool.json"): lambda body: (200, pool.snapshot()),
-        (b"GET", b"/requests.json"): lambda body: (200, front.requests_snapshot()),
-        (b"GET", b"/server.json"): lambda body: (200, {**front.server_snapshot(),
-                                                       "pool": pool.snapshot()}),
-        (b"GET", b"/backtraces.json"): backtraces,
-        (b"POST", b"/pool/detach_process.json"): detach,
-        (b"POST", b"/pool/restart_app_group.json"): restart,
+    routes: dict[tuple[str, str], Handler] = {
+        ("GET", admin_paths.PING): lambda body: (200, {"status": "ok"}),
+        ("GET", admin_paths.POOL): lambda body: (200, pool.snapshot()),
+        ("GET", admin_paths.REQUESTS): lambda body: (200, front.requests_snapshot()),
+        ("GET", admin_paths.SERVER): lambda body: (200, {**front.server_snapshot(),
+                                                         "pool": pool.snapshot()}),
+        ("GET", admin_paths.BACKTRACES): backtraces,
+        ("POST", admin_paths.DETACH_PROCESS): detach,
+        ("POST", admin_paths.RESTART_APP_GROUP): restart,
     }
+    return {(method.encode(), path.encode()): handler
+            for (method, path), handler in routes.items()}
 
 
 class AdminConnection(asyncio.Protocol):

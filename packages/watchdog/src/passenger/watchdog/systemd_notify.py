@@ -9,6 +9,7 @@ from __future__ import annotations
 import _socket
 import os
 
+from passenger.common import admin_paths
 from passenger.watchdog.log import Logger
 
 TYPE_CHECKING = False
@@ -18,7 +19,8 @@ if TYPE_CHECKING:
     from passenger.watchdog.event_loop import EventLoop, Timer
 
 log = Logger("systemd_notify")
-PING = b"GET /ping.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+PING = (b"GET %s HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        % admin_paths.PING.encode())
 
 
 class SystemdNotifier:
