@@ -1,7 +1,7 @@
 """One supervised agent and the supervisor, with small fake agents (real processes that
 speak the startup protocol): how a start succeeds or fails, notes on the lifeline, stops
-with a grace period, and restarts after a crash. Every process is reaped, every wait
-bounded."""
+with a grace period, restarts after a crash, and that every state change takes an edge
+of the agent's lifecycle table. Every process is reaped, every wait bounded."""
 
 from __future__ import annotations
 
@@ -11,10 +11,17 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from passenger.watchdog.agent_process import AgentProcess, AgentStartupError, AgentState
+from passenger.common.lifecycle import IllegalTransition
+from passenger.watchdog.agent_process import (
+    LIFECYCLE,
+    AgentProcess,
+    AgentStartupError,
+    AgentState,
+)
 from passenger.watchdog.event_loop import EventLoop
 from passenger.watchdog.supervisor import Supervisor
 
@@ -203,3 +210,68 @@ def test_an_agent_stopped_while_starting_can_still_report_and_is_not_waited_for(
     run_until(loop, lambda: agent.state is AgentState.STOPPED, 5)
     assert outcome == []  # the start was abandoned: nobody is told its outcome
     assert notes.read_text() == "starting\n"  # and its report went through
+
+
+class RecordedAgent(AgentProcess):
+    """Records every assignment of `state` and every change_state call."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.assigned: list[AgentState] = []
+        self.changes: list[tuple[AgentState, AgentState]] = []
+        super().__init__(*args, **kwargs)
+
+    @property  # type: ignore[override]
+    def state(self) -> AgentState:
+        return self._state
+
+    @state.setter
+    def state(self, value: AgentState) -> None:
+        self.assigned.append(value)
+        self._state = value
+
+    def change_state(self, new: AgentState) -> None:
+        self.changes.append((self.state, new))
+        super().change_state(new)
+
+
+def test_a_change_the_lifecycle_has_no_edge_for_raises(loop: EventLoop) -> None:
+    agent = AgentProcess(loop, "Nothing", "/nonexistent/agent", lambda: {})
+    with pytest.raises(IllegalTransition, match="no edge STOPPED -> RUNNING"):
+        agent.change_state(AgentState.RUNNING)
+    assert agent.state is AgentState.STOPPED
+
+
+@pytest.mark.parametrize(("mode", "kill"), [("ready", True), ("exit3", False),
+                                            ("error", False)])
+def test_every_state_change_of_an_agent_takes_an_edge_of_the_table(
+        loop: EventLoop, tmp_path: Path, mode: str, kill: bool) -> None:
+    """A killed running agent, one dying while it starts, one reporting an error: each
+    ends STOPPED, and `state` only ever changed in change_state, along an edge."""
+    script = tmp_path / "fake-agent"
+    script.write_text(FAKE_AGENT)
+    script.chmod(0o755)
+    agent = RecordedAgent(loop, "FakeAgent", str(script),
+                          lambda: {"mode": mode, "notes": str(tmp_path / "notes")})
+    try:
+        start(loop, agent)
+        if kill:
+            assert agent.state is AgentState.RUNNING
+            os.kill(agent.pid, signal.SIGKILL)
+        run_until(loop, lambda: agent.state is AgentState.STOPPED, 10)
+    finally:
+        if agent.state is not AgentState.STOPPED:
+            agent.kill_group()
+            run_until(loop, lambda: agent.state is AgentState.STOPPED, 5)
+    assert agent.assigned == [AgentState.STOPPED] + [new for _, new in agent.changes]
+    assert all(LIFECYCLE.allows(old, new) for old, new in agent.changes)
+    assert agent.changes[-1][1] is AgentState.STOPPED
+    if kill:  # its exit, seen by the loop, went through change_state too
+        assert agent.changes[-1] == (AgentState.RUNNING, AgentState.STOPPED)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(agent.pid, os.WNOHANG)  # reaped
+
+
+def test_the_lifecycle_table_says_what_takes_each_edge() -> None:
+    lines = LIFECYCLE.describe()
+    assert len(lines) == 7 and all(line.split(": ", 1)[1] for line in lines)
+    assert not LIFECYCLE.allows(AgentState.STOPPED, AgentState.RUNNING)

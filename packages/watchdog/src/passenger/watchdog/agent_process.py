@@ -1,7 +1,8 @@
 """One supervised agent (helper or logging agent): spawned with the startup protocol (a
 document on its stdin, one feedback line back), watched through a pidfd, stopped with
 its whole process group. Its stdin stays open as its lifeline: when the watchdog dies,
-the agent reads EOF and exits.
+the agent reads EOF and exits. Its state moves only along the edges of LIFECYCLE, in
+`change_state`.
 
 Spawned with os.posix_spawn in a process group of its own (so that stopping it takes
 down what it started); the subprocess module would cost the watchdog 2 MB.
@@ -15,6 +16,7 @@ import os
 import signal
 
 from passenger.common.exit_status import describe_exit
+from passenger.common.lifecycle import Transitions
 from passenger.common.startup_protocol import encode_document, parse_feedback
 from passenger.watchdog.log import Logger
 
@@ -30,19 +32,27 @@ PIPE_CAPACITY = 65536  # Linux's default; a larger startup document gets a large
 
 
 class AgentState(enum.Enum):
-    STOPPED = "stopped"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
+    STOPPED = "stopped"    # no process (never started, or exited and reaped)
+    STARTING = "starting"  # spawned, its report not in yet
+    RUNNING = "running"    # reported ready
+    STOPPING = "stopping"  # being stopped or killed, its exit not seen yet
 
 
-TRANSITIONS: dict[AgentState, frozenset[AgentState]] = {
-    AgentState.STOPPED: frozenset({AgentState.STARTING}),
-    AgentState.STARTING: frozenset({AgentState.RUNNING, AgentState.STOPPED,
-                                    AgentState.STOPPING}),
-    AgentState.RUNNING: frozenset({AgentState.STOPPING, AgentState.STOPPED}),
-    AgentState.STOPPING: frozenset({AgentState.STOPPED}),
-}
+LIFECYCLE = Transitions("agent", [
+    (AgentState.STOPPED, AgentState.STARTING,
+     "start(): spawned, its startup document on its stdin"),
+    (AgentState.STARTING, AgentState.STOPPED, "start(): its executable could not be run"),
+    (AgentState.STARTING, AgentState.RUNNING, "it reported ready"),
+    (AgentState.STARTING, AgentState.STOPPING,
+     "it reported an error, or exited or missed its deadline before reporting (its "
+     "group is killed), or stop()"),
+    (AgentState.RUNNING, AgentState.STOPPING,
+     "stop(): SIGTERM, SIGKILL to its group after the grace period"),
+    (AgentState.RUNNING, AgentState.STOPPED,
+     "it exited by itself (on_exit: the supervisor restarts it)"),
+    (AgentState.STOPPING, AgentState.STOPPED,
+     "it exited (what is left of its group is killed)"),
+])
 
 
 class AgentStartupError(RuntimeError):
@@ -97,8 +107,9 @@ class AgentProcess:
         self._failed_start: AgentStartupError | None = None  # told once it has exited
 
     def change_state(self, new: AgentState) -> None:
-        if new not in TRANSITIONS[self.state]:
-            raise RuntimeError(f"{self.name}: {self.state.value} -> {new.value}")
+        """The one place `state` changes: along an edge of LIFECYCLE, or
+        IllegalTransition."""
+        LIFECYCLE.check(self.state, new)
         log.debug(f"{self.name}: {self.state.value} -> {new.value}")
         self.state = new
 
