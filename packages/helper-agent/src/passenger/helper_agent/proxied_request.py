@@ -6,17 +6,23 @@ ends before the whole request body was sent, the app is sent the end of the body
 (the rest is dropped), so the next request on that channel starts on a frame boundary.
 When the client goes away mid-exchange, the channel is abandoned (closed and replaced),
 which the app sees as EOF/EPIPE and stops working for nobody.
+
+The exchange's lifecycle is `RequestState` with its table `REQUEST_LIFECYCLE`; the
+request body's own progress (`body_done`) runs beside it, since a response may end
+before the body has.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import re
 import time
 from typing import TYPE_CHECKING, Protocol
 
 from passenger.common import app_protocol as proto
+from passenger.common.lifecycle import Transitions
 from passenger.helper_agent.app_channel import Channel
 from passenger.helper_agent.app_process import AppProcess
 from passenger.helper_agent.error_pages import error_response, http_date, simple_page
@@ -46,6 +52,35 @@ VALID_HEADS: dict[bytes, int] = {}  # heads checked before (an app sends the sam
 MAX_VALID_HEADS = 4096
 
 
+class RequestState(enum.Enum):
+    WAITING = "waiting"          # for a process (queued, or its body being buffered)
+    IN_APP = "in_app"            # on a channel of a process; no response head yet
+    RESPONDING = "responding"    # relaying the app's response
+    RELEASED = "released"        # the channel went back to its process
+    FINISHED = "finished"        # answered; the connection has been told
+    ABANDONED = "abandoned"      # the client went away first
+
+
+WAITING, IN_APP, RESPONDING = RequestState.WAITING, RequestState.IN_APP, RequestState.RESPONDING
+RELEASED, FINISHED, ABANDONED = (RequestState.RELEASED, RequestState.FINISHED,
+                                 RequestState.ABANDONED)
+REQUEST_LIFECYCLE = Transitions("request", [
+    (WAITING, IN_APP, "a process took it (assign)"),
+    (WAITING, FINISHED, "answered without the app: a static file, or an error (queue "
+                        "full or timed out, spawning failed, no app, shutting down)"),
+    (WAITING, ABANDONED, "the client left while it waited"),
+    (IN_APP, RESPONDING, "the app's response head was valid"),
+    (IN_APP, RELEASED, "answered with an error instead: an invalid head, the process "
+                       "broke or exited, --max-request-time"),
+    (IN_APP, ABANDONED, "the client left while the app worked"),
+    (RESPONDING, RELEASED, "the response ended, or broke off"),
+    (RESPONDING, FINISHED, "the app switched protocols: the connection is a tunnel"),
+    (RESPONDING, ABANDONED, "the client left during the response"),
+    (RELEASED, FINISHED, "the connection was told"),
+    (RELEASED, ABANDONED, "the client left while the answer was written"),
+])
+
+
 class ClientConnection(Protocol):
     """What a request needs of the client connection it came on."""
 
@@ -62,10 +97,9 @@ class ClientConnection(Protocol):
 
 class Request:
     __slots__ = ("body_done", "buffered", "bytes_sent", "channel", "chunked", "conn",
-                 "done", "drop_body", "env", "expect_continue", "frame_left", "frames", "group",
+                 "drop_body", "env", "expect_continue", "frame_left", "frames", "group",
                  "head", "head_only", "http10", "keep_alive", "out", "process", "received",
-                 "released", "remaining", "response_started", "spool", "started", "static",
-                 "status", "upgrade")
+                 "remaining", "spool", "started", "state", "static", "status", "upgrade")
 
     def __init__(self, conn: ClientConnection, frames: list[bytes], head_only: bool,
                  keep_alive: bool, http10: bool, group: Group | None,
@@ -80,13 +114,11 @@ class Request:
         self.http10 = http10
         self.expect_continue = expect_continue
         self.group = group
-        self.body_done = False
+        self.state = WAITING
+        self.body_done = False          # the client's body is whole (or there was none)
         self.chunked = False
         self.drop_body = False          # HEAD, 1xx, 204, 304: the app's body is not sent
         self.upgrade = upgrade          # a tunnel if the app switches protocols
-        self.response_started = False
-        self.done = False
-        self.released = False           # the channel went back to its process
         self.remaining = -1             # response body bytes still due (Content-Length)
         self.process: AppProcess | None = None
         self.channel: Channel | None = None
@@ -99,10 +131,26 @@ class Request:
         self.received = 0               # bytes of the request body so far
         self.frame_left = 0             # of a body frame announced to the app, to send
 
+    def change_state(self, new: RequestState) -> None:
+        REQUEST_LIFECYCLE.check(self.state, new)
+        self.state = new
+
+    @property
+    def done(self) -> bool:
+        """Answered, or its client gone: nothing more is sent for it."""
+        return self.state is FINISHED or self.state is ABANDONED
+
+    @property
+    def over_for_app(self) -> bool:
+        """The app has been told the body ended (or never will be sent to): the rest
+        of the client's body is dropped."""
+        state = self.state
+        return state is RELEASED or state is FINISHED or state is ABANDONED
+
     # -- request body ---------------------------------------------------------------
 
     def feed_body(self, data: bytes) -> None:
-        if self.released or self.done:
+        if self.over_for_app:
             return  # the response is over: the app has been told the body ended
         if self.spool is not None:
             self.spool.append(data)  # request buffering: the app gets it whole
@@ -123,7 +171,7 @@ class Request:
         if self.body_done:
             return
         self.body_done = True
-        if self.released or self.done:
+        if self.over_for_app:
             return
         spool, env = self.spool, self.env
         if spool is not None and env is not None:
@@ -146,6 +194,7 @@ class Request:
     # -- from the pool --------------------------------------------------------------
 
     def assign(self, process: AppProcess, channel: Channel) -> None:
+        self.change_state(IN_APP)
         self.process = process
         self.channel = channel
         if self.expect_continue and not self.http10:
@@ -203,9 +252,9 @@ class Request:
         """The app is done with this request: it gets the end of the body if it has not
         had it, and its channel reads again (it may have been paused for a slow client)."""
         channel = self.channel
-        if channel is None or self.released:
+        if channel is None or self.state is RELEASED:
             return
-        self.released = True
+        self.change_state(RELEASED)
         if not self.body_done:
             channel.write(proto.END)
         elif self.spool is not None:  # it answered before it had all of a buffered body
@@ -229,11 +278,11 @@ class Request:
         """The client went away (or sent garbage) before the exchange was over."""
         if self.done:
             return
-        self.done = True
+        was = self.state
+        self.change_state(ABANDONED)
         self._drop_spool()
-        if self.channel is not None and not self.released and self.process is not None \
+        if self.channel is not None and was is not RELEASED and self.process is not None \
                 and self.group is not None:
-            self.released = True
             self.group.abandon_channel(self.process, self.channel)
             self.channel = None
         elif self.process is None and self.group is not None:
@@ -242,7 +291,7 @@ class Request:
     # -- from the app channel ------------------------------------------------------
 
     def on_response_head(self, content_length: int, flags: int, head: bytes) -> None:
-        if self.done:
+        if self.state is not IN_APP:
             return  # answered already (the client left, or the head was invalid)
         status = VALID_HEADS.get(head) or self._check_head(head)
         if not status:
@@ -250,7 +299,7 @@ class Request:
         if status < 200 and not (status == 101 and self.upgrade):
             self._invalid_response(f"the interim status {status} as its response")
             return
-        self.response_started = True
+        self.change_state(RESPONDING)
         self.status = status
         extra = b""
         if status < 200 or status == 204 or status == 304:
@@ -299,7 +348,7 @@ class Request:
         self.fail(502, "The application sent an invalid response")
 
     def on_response_body(self, data: bytes) -> None:
-        if self.drop_body or self.done:
+        if self.drop_body or self.state is not RESPONDING:
             return
         if self.remaining >= 0:  # never more than the app's own Content-Length
             if len(data) > self.remaining:
@@ -315,7 +364,7 @@ class Request:
         """The client's descriptor and how many of the `count` body bytes coming may go
         to it by splice(2): only unframed bytes (not chunked), all of them due, while
         the client has nothing pending."""
-        if self.drop_body or self.done or self.chunked or self.out:
+        if self.drop_body or self.state is not RESPONDING or self.chunked or self.out:
             return None
         fd = self.conn.splice_fd()
         if fd < 0:
@@ -335,7 +384,7 @@ class Request:
         return tunnel
 
     def on_response_end(self) -> None:
-        if self.done:
+        if self.state is not RESPONDING and self.state is not IN_APP:
             return
         if self.chunked:
             self.out.append(b"0\r\n\r\n")
@@ -352,12 +401,13 @@ class Request:
             self.out.clear()
 
     def on_response_abort(self, reason: str, status: int = 502) -> None:
-        if self.done:
+        if self.state is not RESPONDING and self.state is not IN_APP:
             return
         log.warning("Request to %s failed: %s", self.group.name if self.group else "app",
                     reason)
+        responding = self.state is RESPONDING
         self.release_channel()
-        if self.response_started:
+        if responding:
             self.keep_alive = False  # the client cannot tell the response is cut otherwise
             self.flush()
             self._finish()
@@ -372,7 +422,7 @@ class Request:
 
     def _finish(self) -> None:
         if not self.done:
-            self.done = True
+            self.change_state(FINISHED)
             self._drop_spool()
             self.conn.request_finished(self)
 
@@ -403,11 +453,11 @@ def describe(request: Request, waiting_behind: int, now: float) -> dict[str, obj
     head = request.head
     if waiting_behind:
         state = "waiting behind earlier requests on its connection"
-    elif request.done:
+    elif request.state is FINISHED or request.state is RELEASED:
         state = "writing the response to the client"
-    elif request.response_started:
+    elif request.state is RESPONDING:
         state = "receiving the response from the app"
-    elif request.process is not None:
+    elif request.state is IN_APP:
         state = "in the app"
     elif not request.body_done and request.spool is not None:
         state = "reading the body from the client"
