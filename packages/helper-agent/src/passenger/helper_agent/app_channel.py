@@ -1,15 +1,18 @@
 """The persistent connection from the helper agent to one app process (see
-`passenger.common.app_protocol` for the frames)."""
+`passenger.common.app_protocol` for the frames), and what both kinds of channel share:
+the `Channel` interface and the exchange's lifecycle, `ChannelState`."""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 from passenger.common import app_protocol as proto
+from passenger.common.lifecycle import Transitions
 from passenger.helper_agent.splice_pump import SplicePump
 
 if TYPE_CHECKING:
@@ -19,6 +22,34 @@ log = logging.getLogger(__name__)
 LENGTH = proto.LENGTH
 MAX_RESPONSE_HEAD = 1 << 20  # a head frame larger than this is not a sane app's
 SPLICE_MIN = 128 * 1024  # a body frame with this much still to come goes by splice(2)
+
+
+class ChannelState(enum.Enum):
+    IDLE = "idle"                    # connected; no request on it
+    AWAITING_HEAD = "awaiting_head"  # a request sent; no response head yet
+    RESPONDING = "responding"        # relaying a response
+    BROKEN = "broken"                # the app broke the protocol: closing, never reused
+    DISCARDED = "discarded"          # closed on purpose: the request's client went away
+    LOST = "lost"                    # the connection is gone
+    CLOSED = "closed"                # an HTTP channel closed for good (its process ended)
+
+
+IDLE, AWAITING_HEAD, RESPONDING = (ChannelState.IDLE, ChannelState.AWAITING_HEAD,
+                                   ChannelState.RESPONDING)
+BROKEN, DISCARDED, LOST = ChannelState.BROKEN, ChannelState.DISCARDED, ChannelState.LOST
+APP_CHANNEL_LIFECYCLE = Transitions("app channel", [
+    (IDLE, AWAITING_HEAD, "a request starts on it"),
+    (AWAITING_HEAD, RESPONDING, "the response head was read whole"),
+    (AWAITING_HEAD, IDLE, "the response ended (or was aborted) with no head: the request "
+                          "had been answered by the pool already"),
+    (RESPONDING, IDLE, "the end or abort frame of the response"),
+    *((live, BROKEN, "the app broke the frame protocol")
+      for live in (IDLE, AWAITING_HEAD, RESPONDING)),
+    *((live, DISCARDED, "the request's client went away")
+      for live in (IDLE, AWAITING_HEAD, RESPONDING)),
+    *((live, LOST, "the connection closed (the process is exiting, or broke)")
+      for live in (IDLE, AWAITING_HEAD, RESPONDING, BROKEN)),
+])
 
 
 class ResponseSink(Protocol):
@@ -43,7 +74,10 @@ class Channel(Protocol):
     sink: ResponseSink | None
 
     @property
-    def available(self) -> bool: ...
+    def available(self) -> bool:
+        """Idle and usable: a request may start on it."""
+    def take_sink(self) -> ResponseSink | None:
+        """The pool answers the request itself: the channel forgets it."""
     @property
     def app_full(self) -> bool: ...
     def start(self, sink: ResponseSink, data: bytes) -> None: ...
@@ -81,9 +115,7 @@ class AppChannel(asyncio.Protocol):
         self.buffer = bytearray()   # an incomplete frame length or response head
         self.frame_remaining = 0    # bytes of the current body frame still to come
         self.sink: ResponseSink | None = None
-        self.head_seen = False
-        self.discarded = False  # closed on purpose: not a sign the process is broken
-        self.broken = False     # the app broke the frame protocol on it
+        self.state = IDLE
         self.app_full = False   # our writes wait in the transport: the app reads slowly
         self.held = False       # paused by the request: its client reads slowly
         self.pump: SplicePump | None = None  # kept for the channel's life once made
@@ -91,9 +123,17 @@ class AppChannel(asyncio.Protocol):
         self._on_response_end = on_response_end
         self._on_lost = on_lost
 
+    def change_state(self, new: ChannelState) -> None:
+        APP_CHANNEL_LIFECYCLE.check(self.state, new)
+        self.state = new
+
     @property
     def available(self) -> bool:
-        return self.transport is not None and not self.broken
+        return self.state is IDLE and self.transport is not None
+
+    def take_sink(self) -> ResponseSink | None:
+        sink, self.sink = self.sink, None
+        return sink
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
@@ -117,8 +157,8 @@ class AppChannel(asyncio.Protocol):
             self.sink.on_app_writable()
 
     def start(self, sink: ResponseSink, data: bytes) -> None:
+        self.change_state(AWAITING_HEAD)
         self.sink = sink
-        self.head_seen = False
         self.write(data)
 
     def write(self, data: bytes) -> None:
@@ -150,8 +190,10 @@ class AppChannel(asyncio.Protocol):
 
     def discard(self) -> None:
         """Close on purpose (the client went away): the loader sees EOF/EPIPE and stops."""
-        self.discarded = True
         self.sink = None
+        if self.state is LOST or self.state is BROKEN:
+            return  # closed already, and its loss reported
+        self.change_state(DISCARDED)
         self.close()
 
     def data_received(self, data: bytes) -> None:
@@ -167,7 +209,7 @@ class AppChannel(asyncio.Protocol):
             self.frame_remaining -= pos
             if sink is not None:
                 sink.on_response_body(data if pos == size else data[:pos])
-        elif not self.head_seen and sink is not None:  # a response head, read whole
+        elif self.state is AWAITING_HEAD and sink is not None:  # a head, read whole
             if size < 4:
                 self.buffer += data
                 return
@@ -178,7 +220,7 @@ class AppChannel(asyncio.Protocol):
             if size < 4 + n:
                 self.buffer += data
                 return
-            self.head_seen = True
+            self.change_state(RESPONDING)
             try:
                 length, flags, head = proto.decode_response_head(data[4:4 + n])
             except proto.ProtocolError as exc:
@@ -280,11 +322,13 @@ class AppChannel(asyncio.Protocol):
         """The app broke the frame protocol: this connection cannot be trusted again."""
         log.warning("App process broke the frame protocol (%s); closing its connection",
                     what)
-        self.broken = True
+        self.change_state(BROKEN)
         self._finish(abort=f"the application sent {what}")
         self.close()
 
     def _finish(self, abort: str = "") -> None:
+        if self.state is AWAITING_HEAD or self.state is RESPONDING:
+            self.change_state(IDLE)
         sink, self.sink = self.sink, None
         if sink is not None:
             if abort:
@@ -296,5 +340,6 @@ class AppChannel(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._close_pump()
-        if not self.discarded:
+        if self.state is not DISCARDED:
+            self.change_state(LOST)
             self._on_lost()

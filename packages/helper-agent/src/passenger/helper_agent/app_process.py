@@ -117,7 +117,7 @@ class AppProcess:
         return self.state is ENABLED and self.sessions < self.concurrency
 
     def free_channel(self) -> Channel | None:
-        return next((c for c in self.channels if c.sink is None and c.available), None)
+        return next((c for c in self.channels if c.available), None)
 
     @property
     def idle(self) -> bool:

@@ -260,8 +260,8 @@ class Group:
         timer = self.request_timers.pop(channel, None)
         if timer is not None:
             timer.cancel()
-        if channel.sink is not None:
-            sink, channel.sink = channel.sink, None
+        sink = channel.take_sink()
+        if sink is not None:
             process.close_session(channel)
             sink.on_response_abort(reason, status=status)
 

@@ -22,7 +22,8 @@ from typing import cast
 import httptools
 
 from passenger.common import app_protocol as proto
-from passenger.helper_agent.app_channel import Channel, ReadPausing, ResponseSink
+from passenger.common.lifecycle import Transitions
+from passenger.helper_agent.app_channel import Channel, ChannelState, ReadPausing, ResponseSink
 from passenger.helper_agent.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,19 @@ RESPONSE_HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"transfer-encodi
                                  b"content-length"))
 SWITCHING_KEPT = frozenset((b"connection", b"upgrade"))  # what a 101 must pass on
 CGI_HEADERS = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
+IDLE, AWAITING_HEAD, RESPONDING = (ChannelState.IDLE, ChannelState.AWAITING_HEAD,
+                                   ChannelState.RESPONDING)
+CLOSED = ChannelState.CLOSED
+# Its TCP connection comes and goes beneath these states (an HTTP/1.0 app closes it after
+# every response; it is opened again when a request needs it).
+HTTP_CHANNEL_LIFECYCLE = Transitions("HTTP app channel", [
+    (IDLE, AWAITING_HEAD, "a request starts on it"),
+    (AWAITING_HEAD, RESPONDING, "the app's response head"),
+    (AWAITING_HEAD, IDLE, "the pool answered the request itself, or the connection "
+                          "failed or closed before a response"),
+    (RESPONDING, IDLE, "the response ended, broke off, or became a tunnel (101)"),
+    *((live, CLOSED, "its process ended") for live in (IDLE, AWAITING_HEAD, RESPONDING)),
+])
 
 
 def http_request_head(environ: dict[str, str]) -> tuple[bytes, bool]:
@@ -75,19 +89,36 @@ class HttpAppChannel(ReadPausing):
         self.sink: ResponseSink | None = None
         self.transport: asyncio.Transport | None = None
         self.protocol: _HttpAppProtocol | None = None
-        self.available = True
+        self.state = IDLE
         self._on_response_end = on_response_end
         self._on_lost = on_lost
         self._pending = bytearray()     # framed request bytes not yet translated
         self._outgoing: list[bytes] = []  # translated bytes waiting for a connection
-        self._head_seen = False
-        self._chunked = False
-        self._head_only = False
-        self.upgrade = False            # the request asks to switch protocols
-        self._connecting = False
-        self._response_open = False
+        # What the request in progress is like, read from its head frame:
+        self._head_seen = False         # its head frame has been translated
+        self._chunked = False           # its body goes chunked
+        self._head_only = False         # HEAD: the response has no body
+        self.upgrade = False            # it asks to switch protocols
+        self._connecting = False        # a TCP connection is being opened
         self._retry: list[bytes] | None = None  # a bodyless request's bytes, for one retry
         self._app_full = False
+
+    def change_state(self, new: ChannelState) -> None:
+        HTTP_CHANNEL_LIFECYCLE.check(self.state, new)
+        self.state = new
+
+    @property
+    def available(self) -> bool:
+        return self.state is IDLE
+
+    def take_sink(self) -> ResponseSink | None:
+        """The pool answered the request itself: a response still coming is nobody's,
+        so the connection goes (the next request opens another)."""
+        sink, self.sink = self.sink, None
+        if self.state is AWAITING_HEAD or self.state is RESPONDING:
+            self._drop_connection()
+            self.change_state(IDLE)
+        return sink
 
     @property
     def app_full(self) -> bool:
@@ -102,9 +133,9 @@ class HttpAppChannel(ReadPausing):
     # -- the request side (same calls as AppChannel) -----------------------------------
 
     def start(self, sink: ResponseSink, data: bytes) -> None:
+        self.change_state(AWAITING_HEAD)
         self.sink = sink
         self._head_seen = False
-        self._response_open = False
         self.upgrade = False
         self._pending.clear()
         # A kept-alive connection the app closes as we reuse it (its idle timeout) is no
@@ -159,14 +190,19 @@ class HttpAppChannel(ReadPausing):
             self._abort(f"cannot connect to the app on port {self.port}: {exc}")
 
     def close(self) -> None:
-        self.available = False
+        if self.state is not CLOSED:
+            self.change_state(CLOSED)
         if self.transport is not None:
             self.transport.close()
 
     def discard(self) -> None:
         """The client went away: drop this connection; the next request opens another."""
         self.sink = None
-        self._response_open = False
+        self._drop_connection()
+        if self.state is AWAITING_HEAD or self.state is RESPONDING:
+            self.change_state(IDLE)
+
+    def _drop_connection(self) -> None:
         self.protocol = None
         if self.transport is not None:
             transport, self.transport = self.transport, None
@@ -190,7 +226,8 @@ class HttpAppChannel(ReadPausing):
             if self.transport is not None:
                 self.transport.close()
             return
-        self._response_open = True
+        if self.state is AWAITING_HEAD:  # (an interim 1xx before it is the app's error)
+            self.change_state(RESPONDING)
         kept = SWITCHING_KEPT if status == 101 else frozenset()
         lines = []
         flags = 0
@@ -212,7 +249,7 @@ class HttpAppChannel(ReadPausing):
         """The app answered 101: its connection is handed to a tunnel; ours is gone."""
         transport, self.transport, self.protocol = self.transport, None, None
         sink, self.sink = self.sink, None
-        self._response_open = False
+        self.change_state(IDLE)
         tunnel = sink.on_upgrade(transport) if sink is not None and transport else None
         if tunnel is None:
             if transport is not None:
@@ -227,9 +264,9 @@ class HttpAppChannel(ReadPausing):
             self.sink.on_response_body(data)
 
     def response_done(self, reusable: bool) -> None:
-        if not self._response_open:
+        if self.state is not RESPONDING:
             return
-        self._response_open = False
+        self.change_state(IDLE)
         if not reusable and self.transport is not None:
             self.transport.close()
         sink, self.sink = self.sink, None
@@ -240,9 +277,9 @@ class HttpAppChannel(ReadPausing):
     def disconnected(self, complete_on_eof: bool) -> None:
         self.transport = None
         self.protocol = None
-        if self._response_open and complete_on_eof:
+        if self.state is RESPONDING and complete_on_eof:
             self.response_done(reusable=False)  # a close-delimited body ended
-        elif self.sink is not None and not self._response_open and self._retry:
+        elif self.sink is not None and self.state is AWAITING_HEAD and self._retry:
             retry, self._retry = self._retry, None
             for data in retry:
                 self._send(data)
@@ -251,6 +288,8 @@ class HttpAppChannel(ReadPausing):
 
     def _abort(self, reason: str) -> None:
         sink, self.sink = self.sink, None
+        if self.state is AWAITING_HEAD or self.state is RESPONDING:
+            self.change_state(IDLE)
         if sink is not None:
             sink.on_response_abort(reason)
             self._on_response_end(self)
