@@ -1,7 +1,11 @@
-"""Frames between the helper agent and an app process, over one persistent Unix stream.
+"""What the helper agent and an app process say to each other: request and response
+frames over one persistent Unix stream, the header fields a response head never carries
+(HOP_BY_HOP), and how the app process's start-up feedback line is written.
 
 This module is stdlib-only on purpose: the app-side loader runs with the app's own
-interpreter (which does not have our packages) and loads this file by path.
+interpreter (which does not have our packages) and loads this file from the source the
+helper agent sends it. That is also why the feedback writers live here rather than in
+`startup_protocol`, which uses them for every child.
 
 Any byte in any value (NUL, CR, LF included) arrives exactly as sent and cannot reach
 another field: bodies and heads travel with their lengths in front of them, and the
@@ -36,6 +40,8 @@ frames the response for the client (Content-Length or chunked, keep-alive).
 
 from __future__ import annotations
 
+import json
+import os
 import struct
 
 LENGTH = struct.Struct(">I")
@@ -53,6 +59,13 @@ HAS_SERVER = 2
 # In the environ of a request to a generic app: tunnel the connection if the app switches
 # protocols (never sent to WSGI apps, which cannot).
 UPGRADE_KEY = "passenger.upgrade"
+# Connection-specific header fields (RFC 9110 7.6.1, 11.7), lower case: they describe one
+# hop, so the helper agent sets its own towards the client and the app, and never passes
+# on an app's or a client's. (A generic app's 101 keeps its Connection and Upgrade: the
+# switch is the app's.)
+HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                        "te", "trailer", "upgrade", "proxy-authenticate",
+                        "proxy-authorization"))
 
 
 class ProtocolError(ValueError):
@@ -164,3 +177,28 @@ def decode_response_head(payload: bytes) -> tuple[int, int, bytes]:
         raise ProtocolError(f"response head of {len(payload)} bytes is too short")
     length, flags = RESPONSE_PREFIX.unpack_from(payload)
     return length, flags, payload[RESPONSE_PREFIX.size:]
+
+
+# -- start-up feedback (the format: passenger.common.startup_protocol) -------------------
+
+
+def encode_document(doc: dict[str, object]) -> bytes:
+    """One JSON object on one line: a startup document, a note, or a feedback line."""
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+
+def report_ready(feedback_fd: int, **facts: object) -> None:
+    _report(feedback_fd, {"status": "ready", **facts})
+
+
+def report_error(feedback_fd: int, message: str, **facts: object) -> None:
+    """`message`: one line for the user."""
+    _report(feedback_fd, {"status": "error", "message": message, **facts})
+
+
+def _report(feedback_fd: int, message: dict[str, object]) -> None:
+    """The whole line, then the pipe closes: a child reports once."""
+    data = encode_document(message)
+    while data:
+        data = data[os.write(feedback_fd, data):]
+    os.close(feedback_fd)

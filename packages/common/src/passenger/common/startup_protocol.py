@@ -12,6 +12,9 @@ carries one JSON line::
     {"status": "error", "message": "one line for the user"}
 
 Used between the watchdog and its agents, and between the helper agent and app processes.
+The lines are written by `app_protocol`'s encode_document, report_ready and report_error
+(re-exported here): the app-side loader can load only that module, and the format must
+have one writer.
 """
 
 from __future__ import annotations
@@ -20,9 +23,14 @@ import json
 import os
 import sys
 
+from passenger.common.app_protocol import encode_document, report_error, report_ready
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs each agent 0.6 MB at run time
     from typing import Any, BinaryIO
+
+__all__ = ["encode_document", "parse_feedback", "read_feedback_line",
+           "read_startup_document", "report_error", "report_ready"]
 
 
 def read_startup_document(stream: BinaryIO | None = None) -> dict[str, Any]:
@@ -34,25 +42,6 @@ def read_startup_document(stream: BinaryIO | None = None) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise SystemExit("startup document must be a JSON object")
     return doc
-
-
-def encode_document(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
-
-
-def _send(fd: int, message: dict[str, Any]) -> None:
-    data = encode_document(message)
-    while data:
-        data = data[os.write(fd, data):]
-    os.close(fd)
-
-
-def report_ready(feedback_fd: int, **facts: Any) -> None:
-    _send(feedback_fd, {"status": "ready", **facts})
-
-
-def report_error(feedback_fd: int, message: str, **facts: Any) -> None:
-    _send(feedback_fd, {"status": "error", "message": message, **facts})
 
 
 def parse_feedback(line: bytes) -> dict[str, Any]:

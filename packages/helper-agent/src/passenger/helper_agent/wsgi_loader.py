@@ -1,16 +1,17 @@
 """The app side of a WSGI app process: loads `passenger_wsgi.py` and serves its requests.
 
-Runs with the app's own interpreter, so it imports only the standard library. The frame
-format lives in `passenger/common/app_protocol.py`, which is stdlib-only too and is loaded
-here by path (its location comes in the startup document).
+Runs with the app's own interpreter, so it imports only the standard library. What we
+say to the helper agent (frames, the hop-by-hop fields a head leaves out, the start-up
+feedback line) lives in `passenger/common/app_protocol.py`, stdlib-only too, which we
+load from the source that comes in the startup document.
 
 Life cycle: read one JSON startup document from stdin (the helper agent's bootstrap does,
 and runs this file's source from it); load the app; serve on the listening socket the
-helper agent bound and handed us; report {"status": "ready"} (or an error with the traceback)
-on the feedback fd; serve one request at a time on each connection the helper agent
-opens (one connection, or --thread-count of them, each served by its own thread). EOF on
-stdin means the helper agent is gone or wants us to stop: we exit, after the requests in
-progress.
+helper agent bound and handed us; report {"status": "ready"} (or an error with the
+traceback) on the feedback fd; serve the connections the helper agent opens, one request
+at a time on each: one connection in all by default, or --thread-count of them, each in
+a thread of its own, so that that many requests run at once. EOF on stdin means the
+helper agent is gone or wants us to stop: we exit, after the requests in progress.
 """
 
 from __future__ import annotations
@@ -30,10 +31,7 @@ import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from types import FrameType, ModuleType
-from typing import Any, ClassVar
-
-HOP_BY_HOP = frozenset(("connection", "keep-alive", "transfer-encoding", "te", "trailer",
-                        "upgrade", "proxy-authenticate", "proxy-authorization"))
+from typing import Any, ClassVar, NoReturn
 
 
 def set_process_title(title: str) -> None:
@@ -254,9 +252,10 @@ FILE_FRAME = 1 << 20  # bytes of a file sent in one frame (fstat'd before each)
 
 
 # What the loader does with each response header, by name (cached): keep it, take it as
-# the length (the helper agent frames the response), drop it (hop-by-hop), or keep it and
-# tell the helper agent the app sent its own Date or Server.
-KEEP, LENGTH_FIELD, DROP, DATE, SERVER = range(5)
+# the length (the helper agent frames the response), or keep it and tell the helper
+# agent the app sent its own Date or Server. Hop-by-hop fields are kept here and left out
+# when the head is encoded (app_protocol.HOP_BY_HOP): they are the helper agent's to set.
+KEEP, LENGTH_FIELD, DATE, SERVER = range(4)
 FLAGS = {DATE: 1, SERVER: 2}  # app_protocol.HAS_DATE, HAS_SERVER
 
 
@@ -264,8 +263,6 @@ def _name_kind(name: str) -> int:
     lname = name.lower()
     if lname == "content-length":
         return LENGTH_FIELD
-    if lname in HOP_BY_HOP:
-        return DROP
     return DATE if lname == "date" else SERVER if lname == "server" else KEEP
 
 
@@ -310,7 +307,7 @@ class ResponseHead:
                 self.kept.append(item)
             elif kind == LENGTH_FIELD:
                 self.content_length = int(value)
-            elif kind != DROP:
+            else:
                 self.flags |= FLAGS[kind]
                 self.kept.append(item)
 
@@ -338,7 +335,9 @@ class ResponseHead:
         except TypeError:  # a header given as a list
             text, key = None, ()
         if text is None:
-            text = proto.response_head_text(self.status, self.kept)
+            hop_by_hop = proto.HOP_BY_HOP
+            text = proto.response_head_text(self.status, [
+                item for item in self.kept if item[0].lower() not in hop_by_hop])
             if key and len(self.texts) < MAX_CACHED_HEADS:
                 self.texts[key] = text
         return proto.frame_response_head(content_length, self.flags, text)
@@ -538,17 +537,12 @@ class RequestHandler:
         return True
 
 
-def report(feedback_fd: int, message: dict[str, Any]) -> None:
-    os.write(feedback_fd, json.dumps(message).encode() + b"\n")
-    os.close(feedback_fd)
-
-
-def report_failure(feedback_fd: int, exc: BaseException) -> None:
+def report_failure(proto: ModuleType, feedback_fd: int, exc: BaseException) -> NoReturn:
+    """The exception as the start-up error (its traceback to our output too); we exit."""
     tb = traceback.format_exc()
     sys.stderr.write(tb)
     sys.stderr.flush()
-    report(feedback_fd, {"status": "error", "message": f"{type(exc).__name__}: {exc}",
-                         "traceback": tb})
+    proto.report_error(feedback_fd, f"{type(exc).__name__}: {exc}", traceback=tb)
     os._exit(1)
 
 
@@ -562,9 +556,12 @@ def load_source(name: str, source: str, filename: str) -> ModuleType:
     return module
 
 
-def load_app(doc: dict[str, Any]) -> tuple[Callable[..., Iterable[bytes]], ModuleType]:
-    proto = load_source("passenger_app_protocol", doc["protocol_source"],
-                        doc["protocol_path"])
+def load_protocol(doc: dict[str, Any]) -> ModuleType:
+    """app_protocol, from the source in the startup document."""
+    return load_source("passenger_app_protocol", doc["protocol_source"], doc["protocol_path"])
+
+
+def load_app(doc: dict[str, Any]) -> Callable[..., Iterable[bytes]]:
     os.chdir(doc["app_root"])
     sys.path.insert(0, doc["app_root"])
     module = load_module("passenger_wsgi", os.path.join(doc["app_root"], doc["startup_file"]))
@@ -572,7 +569,7 @@ def load_app(doc: dict[str, Any]) -> tuple[Callable[..., Iterable[bytes]], Modul
     if not callable(app):
         raise RuntimeError(f"{doc['startup_file']} does not define a callable named "
                            f"'application'")
-    return app, proto
+    return app
 
 
 BACKTRACES_BEGIN = "--- Passenger: backtraces of every thread (SIGQUIT) ---"
@@ -611,8 +608,8 @@ def run_worker(doc: dict[str, Any], app: Callable[..., Iterable[bytes]], proto: 
         # own directory: whatever our umask, no one else can connect.
         listener = socket.socket(fileno=doc["listen_fd"])
     except OSError as exc:
-        report_failure(feedback_fd, exc)
-    report(feedback_fd, {"status": "ready", "pid": os.getpid()})
+        report_failure(proto, feedback_fd, exc)
+    proto.report_ready(feedback_fd, pid=os.getpid())
     threaded = int(doc.get("concurrency", 1)) > 1
     base_environ = {
         "wsgi.version": (1, 0), "wsgi.errors": sys.stderr, "wsgi.multithread": threaded,
@@ -656,7 +653,7 @@ def run_preloader(doc: dict[str, Any], app: Callable[..., Iterable[bytes]],
               f"would lose them" if extra_threads > 0 else "")
     gc.collect()
     gc.freeze()
-    report(feedback_fd, {"status": "ready", "pid": os.getpid(), "unsafe": unsafe})
+    proto.report_ready(feedback_fd, pid=os.getpid(), unsafe=unsafe)
     control = socket.socket(fileno=doc["control_fd"])
     while True:
         line = b""
@@ -669,7 +666,7 @@ def run_preloader(doc: dict[str, Any], app: Callable[..., Iterable[bytes]],
             fds += new_fds
         command = json.loads(line)
         pid = fork_worker(command, fds, app, proto, control)
-        control.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        control.sendall(proto.encode_document({"pid": pid}))
 
 
 def fork_worker(doc: dict[str, Any], fds: list[int], app: Callable[..., Iterable[bytes]],
@@ -724,10 +721,11 @@ def main() -> None:
     set_process_title(doc["title"])
     lifeline = Lifeline()
     lifeline.watch()
+    proto = load_protocol(doc)  # ours: it loads, or the helper agent sees us exit silently
     try:
-        app, proto = load_app(doc)
+        app = load_app(doc)
     except BaseException as exc:
-        report_failure(feedback_fd, exc)
+        report_failure(proto, feedback_fd, exc)
     if doc.get("mode") == "preloader":
         run_preloader(doc, app, proto, feedback_fd)
     else:
