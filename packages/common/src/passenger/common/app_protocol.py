@@ -60,9 +60,9 @@ HAS_SERVER = 2
 # protocols (never sent to WSGI apps, which cannot).
 UPGRADE_KEY = "passenger.upgrade"
 # Connection-specific header fields (RFC 9110 7.6.1, 11.7), lower case: they describe one
-# hop, so the helper agent sets its own towards the client and the app, and never passes
-# on an app's or a client's. (A generic app's 101 keeps its Connection and Upgrade: the
-# switch is the app's.)
+# hop, and the helper agent frames each hop itself, so no response head carries an app's
+# (except Connection and Upgrade in a generic app's 101: the switch is the app's). A WSGI
+# environ still shows the client's, as CGI variables do.
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-encoding",
                         "te", "trailer", "upgrade", "proxy-authenticate",
                         "proxy-authorization"))
