@@ -9,23 +9,22 @@ does not allow raises at once instead of leaving a combination of flags nobody p
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from enum import Enum
-from typing import Generic, TypeVar
-
-S = TypeVar("S", bound=Enum)
+TYPE_CHECKING = False  # the watchdog does without the typing module (0.75 MB)
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from enum import Enum
 
 
 class IllegalTransition(RuntimeError):
     """A state change the lifecycle's table has no edge for: a bug, never user input."""
 
 
-class Transitions(Generic[S]):
+class Transitions:
     """The edges (from, to, label) a lifecycle may take."""
 
-    def __init__(self, name: str, edges: Iterable[tuple[S, S, str]]) -> None:
+    def __init__(self, name: str, edges: Iterable[tuple[Enum, Enum, str]]) -> None:
         self.name = name
-        self.labels: dict[tuple[S, S], str] = {}
+        self.labels: dict[tuple[Enum, Enum], str] = {}
         for old, new, label in edges:
             if (old, new) in self.labels:
                 raise ValueError(f"{name}: edge {old.name} -> {new.name} given twice")
@@ -36,11 +35,11 @@ class Transitions(Generic[S]):
         for old, new in self.labels:
             self._next[id(old)] = self._next.get(id(old), frozenset()) | {id(new)}
 
-    def check(self, old: S, new: S) -> None:
+    def check(self, old: Enum, new: Enum) -> None:
         if id(new) not in self._next.get(id(old), ()):
             raise IllegalTransition(f"{self.name}: no edge {old.name} -> {new.name}")
 
-    def allows(self, old: S, new: S) -> bool:
+    def allows(self, old: Enum, new: Enum) -> bool:
         return id(new) in self._next.get(id(old), ())
 
     def describe(self) -> list[str]:

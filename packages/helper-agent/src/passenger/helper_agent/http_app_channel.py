@@ -27,14 +27,15 @@ from passenger.helper_agent.app_channel import Channel, ChannelState, ReadPausin
 from passenger.helper_agent.tunnel import Tunnel
 
 log = logging.getLogger(__name__)
-# Hop-by-hop and framing headers: ours to set, not the client's to pass on (RFC 9110 7.6.1)
-REQUEST_HOP_BY_HOP = frozenset((
-    "HTTP_CONNECTION", "HTTP_KEEP_ALIVE", "HTTP_EXPECT", "HTTP_TRANSFER_ENCODING",
-    "HTTP_TE", "HTTP_TRAILER", "HTTP_UPGRADE", "HTTP_PROXY_CONNECTION",
-    "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO"))
-RESPONSE_HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding", b"te",
-                                 b"trailer", b"upgrade", b"proxy-connection",
-                                 b"content-length"))
+# Hop-by-hop (app_protocol.HOP_BY_HOP) and framing headers: ours to set, not the client's
+# or the app's to pass on (RFC 9110 7.6.1). A client's Proxy-Authorization still reaches
+# the app, as it always has: we are no proxy that asks for it.
+REQUEST_HOP_BY_HOP = frozenset(
+    "HTTP_" + name.upper().replace("-", "_") for name in proto.HOP_BY_HOP
+    if not name.startswith("proxy-auth")) | {
+    "HTTP_EXPECT", "HTTP_X_FORWARDED_FOR", "HTTP_X_FORWARDED_PROTO"}
+RESPONSE_HOP_BY_HOP = frozenset(name.encode() for name in proto.HOP_BY_HOP) | {
+    b"content-length"}
 SWITCHING_KEPT = frozenset((b"connection", b"upgrade"))  # what a 101 must pass on
 CGI_HEADERS = {"CONTENT_TYPE": "Content-Type", "CONTENT_LENGTH": "Content-Length"}
 IDLE, AWAITING_HEAD, RESPONDING = (ChannelState.IDLE, ChannelState.AWAITING_HEAD,
