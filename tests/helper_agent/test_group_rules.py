@@ -21,7 +21,7 @@ from passenger.helper_agent.app_process import AppProcess, ProcessState, Retirem
 from passenger.helper_agent.child_watcher import ChildWatcher
 from passenger.helper_agent.group import Group
 from passenger.helper_agent.pool import Pool
-from passenger.helper_agent.spawner import SpawnError
+from passenger.helper_agent.spawn_error import SpawnError
 
 PIDS = itertools.count(900_001)  # never signalled: FakeSystem only records
 
@@ -137,6 +137,7 @@ class FakeSpawner:
     def __init__(self, group: Group, system: FakeSystem) -> None:
         self.group, self.system = group, system
         self.user = None
+        self.launch = FakeLaunch()
         self.preloader = None
         self.spawned: list[AppProcess] = []
         self.failing = ""
@@ -164,7 +165,13 @@ class FakeSpawner:
     def forget_loaded_code(self) -> None: ...
     def stop_preloader(self, reason: str) -> None: ...
     def stop_idle_preloader(self) -> None: ...
-    def app_variables(self) -> dict[str, str]: return {}
+    async def open_channel(self, process: AppProcess) -> Any:
+        raise OSError("no reconnecting in these tests")
+
+
+class FakeLaunch:
+    def app_variables(self) -> dict[str, str]:
+        return {}
 
 
 def make_pool(tmp_path: Path, system: FakeSystem, **options: Any) -> Pool:

@@ -149,6 +149,23 @@ class AppProcess:
         """Its replacement failed: it serves on."""
         self.retiring, self.retiring_why = None, ""
 
+    def terminate(self, kill_after: float) -> None:
+        """Lifeline closed and SIGTERM now; SIGKILL if it is still there `kill_after` s
+        later."""
+        self.stop_gracefully()
+        self.kill(signal.SIGTERM)
+        self.kill_after(kill_after)
+
+    def kill_after(self, delay: float) -> None:
+        if self.kill_timer is not None:
+            self.kill_timer.cancel()
+        self.kill_timer = self.system.call_later(delay, self._kill_overdue)
+
+    def _kill_overdue(self) -> None:
+        if self.state is not DEAD:
+            log.warning("App process %d did not stop in time; killing it", self.pid)
+            self.kill()
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.popen.returncode is None:
             self.system.kill(self.pid, sig, process_group=self.own_process_group)

@@ -28,17 +28,19 @@ from typing import Protocol
 
 from passenger.common.config import AppRoute, ServerConfig
 from passenger.common.exit_status import describe_exit
-from passenger.helper_agent.app_channel import AppChannel, Channel
+from passenger.helper_agent.app_channel import Channel
 from passenger.helper_agent.app_process import AppProcess, ProcessState, Retirement
 from passenger.helper_agent.error_pages import spawn_error_page
 from passenger.helper_agent.metrics import AppMetrics
 from passenger.helper_agent.recycling import RequestLimits
 from passenger.helper_agent.request_queue import PendingRequest, RequestQueue
 from passenger.helper_agent.restart_files import RestartFiles
+from passenger.helper_agent.sessions import Sessions
+from passenger.helper_agent.spawn_error import SpawnError
 from passenger.helper_agent.spawn_loop import SpawnLoop
-from passenger.helper_agent.spawner import Spawner, SpawnError
+from passenger.helper_agent.spawner import Spawner
 from passenger.helper_agent.static_files import StaticFiles
-from passenger.helper_agent.system import REAL_SYSTEM, System, Timer
+from passenger.helper_agent.system import REAL_SYSTEM, System
 
 log = logging.getLogger(__name__)
 STOP_KILL_AFTER = 5.0  # after SIGTERM
@@ -72,11 +74,11 @@ class Group:
         self.system = system
         self.processes: list[AppProcess] = []
         self.queue = RequestQueue(self.name, config, system)
-        self.request_timers: dict[Channel, Timer] = {}
-        self.channel_tasks: set[asyncio.Task[None]] = set()
         self.spawner = make_spawner(self)
         self.uuid = secrets.token_urlsafe(15)  # names this group for its lifetime
         self.metrics = AppMetrics()
+        self.sessions = Sessions(self.name, config, system, self.metrics,
+                                 self.spawner.open_channel)
         user = self.spawner.user
         self.static = StaticFiles(os.path.join(config.app_root, "public"),
                                   user.uid if user else None) if config.static_files else None
@@ -91,7 +93,6 @@ class Group:
         self.rolling: list[AppProcess] = []  # old processes a rolling restart will replace
         self.restart_files = RestartFiles(config.app_root, config.restart_dir,
                                           config.stat_throttle_rate)
-        self.requests_timed_out = 0  # after --max-request-time (the queue counts its own)
 
     # -- routing ---------------------------------------------------------------------
 
@@ -108,7 +109,7 @@ class Group:
                     or (p.sessions == best.sessions and p.last_used < best.last_used)):
                 best = p
         if best is not None:
-            self._assign(best, request)
+            self.sessions.open(best, request)
             return
         if self.spawns.retrying and self.failed_spawn_page and not self.active():
             # Spawning keeps failing and we are waiting to retry: answer now, not later.
@@ -126,17 +127,6 @@ class Group:
         queue at --max-request-queue-size)."""
         return self.queue.full and not any(p.accepts_requests for p in self.processes)
 
-    def _assign(self, process: AppProcess, request: PendingRequest) -> None:
-        channel = process.free_channel()
-        assert channel is not None, "a process with sessions < concurrency has a free channel"
-        process.open_session(channel)
-        process.last_used = self.system.time()
-        if self.config.max_request_time:
-            self.request_timers[channel] = self.system.call_later(
-                self.config.max_request_time,
-                lambda: self._request_timed_out(process, channel))
-        request.assign(process, channel)
-
     def cancel(self, request: PendingRequest) -> None:
         """A queued request whose client went away."""
         self.queue.remove(request)
@@ -146,36 +136,18 @@ class Group:
             process = next((p for p in self.processes if p.accepts_requests), None)
             if process is None:
                 break
-            self._assign(process, self.queue.pop())
+            self.sessions.open(process, self.queue.pop())
         if self.queue:
             self.maybe_spawn()
-
-    def _request_timed_out(self, process: AppProcess, channel: Channel) -> None:
-        self.request_timers.pop(channel, None)
-        self.requests_timed_out += 1
-        self.metrics.replaced["max_request_time"] += 1
-        log.warning("A request to app process %d (%s) ran longer than --max-request-time "
-                    "%d s; answering 504 and replacing the process", process.pid, self.name,
-                    self.config.max_request_time)
-        self._fail_channel(process, channel, 504, f"The application did not answer within "
-                                                  f"{self.config.max_request_time} s")
-        if process.state is ProcessState.ENABLED:
-            process.change_state(ProcessState.SHUTTING_DOWN)
-        process.kill()
 
     # -- events from processes -------------------------------------------------------
 
     def on_session_closed(self, process: AppProcess, channel: Channel) -> None:
-        if not process.close_session(channel):
-            return  # ended already (answered with an error when its process broke)
-        process.processed += 1
-        process.last_used = self.system.time()
-        timer = self.request_timers.pop(channel, None)
-        if timer is not None:
-            timer.cancel()
+        if not self.sessions.close(process, channel):
+            return
         if process.state is ProcessState.SHUTTING_DOWN:
             if process.sessions == 0:
-                self._stop_process(process)
+                process.terminate(STOP_KILL_AFTER)
         elif process.request_limit and process.processed >= process.request_limit:
             self.replace(process, Retirement.MAX_REQUESTS,
                          f"has served {process.processed} requests (--max-requests "
@@ -186,33 +158,8 @@ class Group:
             self.room.on_process_idle(self, process)
 
     def abandon_channel(self, process: AppProcess, channel: Channel) -> None:
-        """The client of the request on `channel` went away: close the channel (the app
-        sees EOF/EPIPE and stops working for nobody) and give the process a fresh one."""
-        timer = self.request_timers.pop(channel, None)
-        if timer is not None:
-            timer.cancel()
-        channel.discard()
-        if not isinstance(channel, AppChannel):  # an HTTP channel reconnects by itself
-            self.on_session_closed(process, channel)
-            return
-        task = asyncio.get_running_loop().create_task(self._replace_channel(process, channel))
-        self.channel_tasks.add(task)
-        task.add_done_callback(self.channel_tasks.discard)
-
-    async def _replace_channel(self, process: AppProcess, old: AppChannel) -> None:
-        try:
-            new = await self.spawner.open_channel(process)
-        except OSError as exc:
-            log.warning("Cannot reconnect to app process %d (%s); replacing it", process.pid,
-                        exc)
-            process.kill()
-            return
-        if old in process.channels:
-            process.channels[process.channels.index(old)] = new
-        if process.state is ProcessState.DEAD:
-            new.close()
-            return
-        self.on_session_closed(process, old)  # its slot is free again, on the new one
+        """The client of the request on `channel` went away."""
+        self.sessions.abandon(process, channel, self.on_session_closed)
 
     def on_channel_lost(self, process: AppProcess) -> None:
         """The connection to the app broke: the process is of no more use."""
@@ -223,7 +170,7 @@ class Group:
         # once through its pidfd) then answers the request in flight with how it ended.
         returncode = process.popen.poll()
         if returncode is not None:
-            self._fail_in_flight(process, 502, f"the application process exited with "
+            self.sessions.fail_all(process, 502, f"the application process exited with "
                                                f"{describe_exit(returncode)}")
         process.kill()
 
@@ -243,27 +190,13 @@ class Group:
             self.processes.remove(process)
         if process.kill_timer is not None:
             process.kill_timer.cancel()
-        self._fail_in_flight(process, 502, f"the application process exited with "
+        self.sessions.fail_all(process, 502, f"the application process exited with "
                                            f"{process.exit_description}")
         for channel in process.channels:
             channel.close()
         self.dispatch_queue()
         self.maybe_spawn()
         self.room.on_room_freed()
-
-    def _fail_in_flight(self, process: AppProcess, status: int, reason: str) -> None:
-        for channel in process.channels:
-            self._fail_channel(process, channel, status, reason)
-
-    def _fail_channel(self, process: AppProcess, channel: Channel, status: int,
-                      reason: str) -> None:
-        timer = self.request_timers.pop(channel, None)
-        if timer is not None:
-            timer.cancel()
-        sink = channel.take_sink()
-        if sink is not None:
-            process.close_session(channel)
-            sink.on_response_abort(reason, status=status)
 
     # -- replacing and stopping processes ----------------------------------------------
 
@@ -285,27 +218,11 @@ class Group:
         log.info("Shutting down app process %d (%s): %s", process.pid, self.name, reason)
         process.change_state(ProcessState.SHUTTING_DOWN)
         if process.sessions == 0:
-            self._stop_process(process)
+            process.terminate(STOP_KILL_AFTER)
         else:  # bounded: the current request gets --graceful-timeout
-            self._kill_later(process, self.config.graceful_timeout + STOP_KILL_AFTER)
+            process.kill_after(self.config.graceful_timeout + STOP_KILL_AFTER)
         self.maybe_spawn()
         self.room.on_room_freed()
-
-    def _stop_process(self, process: AppProcess) -> None:
-        process.stop_gracefully()
-        process.kill(signal.SIGTERM)
-        self._kill_later(process, STOP_KILL_AFTER)
-
-    def _kill_later(self, process: AppProcess, delay: float) -> None:
-        if process.kill_timer is not None:
-            process.kill_timer.cancel()
-
-        def kill() -> None:
-            if process.state is not ProcessState.DEAD:
-                log.warning("App process %d did not stop in time; killing it", process.pid)
-                process.kill()
-
-        process.kill_timer = self.system.call_later(delay, kill)
 
     def detach(self, pid: int) -> bool:
         process = next((p for p in self.processes if p.pid == pid), None)
@@ -400,7 +317,7 @@ class Group:
         self.processes.append(process)
         log.info("App process %d (%s) is ready", process.pid, self.name)
         if self.stopping:
-            self._stop_process(process)
+            process.terminate(STOP_KILL_AFTER)
             return
         predecessor = next((p for p in self.processes if p.retiring is not None
                             and p.state is ProcessState.ENABLED), None)
@@ -428,7 +345,7 @@ class Group:
         if self.active():
             return  # queued requests will be served by the processes that are there
         page = spawn_error_page(self.app_root, str(exc), exc.output,
-                                self.spawner.app_variables(),
+                                self.spawner.launch.app_variables(),
                                 self.config.shows_friendly_error_pages)
         self.failed_spawn_page = page
         self.queue.fail_all(500, f"The application could not be started: {exc}", page)
@@ -488,7 +405,7 @@ class Group:
             if p.state is ProcessState.ENABLED:
                 p.change_state(ProcessState.SHUTTING_DOWN)
             p.stop_gracefully()
-            p.kill(signal.SIGTERM)
+            p.kill(signal.SIGTERM)  # SIGKILL below, after kill_after
         clock = self.system.monotonic
         deadline = clock() + kill_after
         while self.processes and clock() < deadline:

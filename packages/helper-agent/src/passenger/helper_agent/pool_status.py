@@ -57,7 +57,7 @@ def group_snapshot(group: Group, procfs: ProcFS) -> dict[str, Any]:
         "requests_in_queue": len(group.queue), "spawning": group.spawns.reserved,
         "last_spawn_error": group.last_spawn_error,
         "requests_rejected": group.queue.rejected,
-        "requests_timed_out": group.queue.timed_out + group.requests_timed_out,
+        "requests_timed_out": group.queue.timed_out + group.sessions.timed_out,
         "processes": [process_snapshot(p, procfs) for p in group.processes],
     }
 

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from passenger.helper_agent.app_process import AppProcess
-from passenger.helper_agent.spawner import SpawnError
+from passenger.helper_agent.spawn_error import SpawnError
 
 SPAWN_RETRY_FIRST = 0.5
 SPAWN_RETRY_MAX = 30.0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import secrets
@@ -32,22 +31,21 @@ from passenger.common.startup_protocol import (
     parse_feedback,
     read_feedback_line,
 )
-from passenger.helper_agent import wsgi_loader
+from passenger.helper_agent import generic_app, wsgi_loader
 from passenger.helper_agent.app_channel import AppChannel, Channel
+from passenger.helper_agent.app_launch import AppLaunch
 from passenger.helper_agent.app_output import AppOutput
 from passenger.helper_agent.app_process import (
     AdoptedProcess,
     AppProcess,
     ProcessState,
 )
-from passenger.helper_agent.app_user import app_user
 from passenger.helper_agent.child_watcher import ChildWatcher
 from passenger.helper_agent.http_app_channel import HttpAppChannel
 from passenger.helper_agent.preloader import Preloader, PreloaderError
+from passenger.helper_agent.spawn_error import SpawnError
 
 log = logging.getLogger(__name__)
-GENERIC_POLL_INTERVAL = 0.05
-PR_SET_PDEATHSIG = 1
 
 
 # What the app's interpreter runs (`python -c`): the loader's source comes in the startup
@@ -77,12 +75,6 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-class SpawnError(RuntimeError):
-    def __init__(self, message: str, output: list[str]) -> None:
-        super().__init__(message)
-        self.output = output
-
-
 class ProcessOwner(Protocol):
     """The group: told when one of its processes exits, ends a response or loses its
     connection."""
@@ -105,40 +97,16 @@ class Spawner:
         self.owner = owner
         self.preloader: Preloader | None = None
         self.warned_unsafe = False
-        self.user = app_user(config)
-        if self.user is not None:
-            log.info("Processes of %s run as user %s", config.app_root, self.user.name)
+        self.launch = AppLaunch(config)
+        self.user = self.launch.user
+
+    def preflight(self) -> str:
+        return self.launch.preflight()
 
     def forget_loaded_code(self) -> None:
         """After a restart new processes must load the app's code afresh."""
         self.stop_preloader("the app is restarting")
         self.warned_unsafe = False
-
-    def app_variables(self) -> dict[str, str]:
-        """What we add to the app's environment (the rest is the server's own)."""
-        env = {"PASSENGER_APP_ENV": self.config.environment,
-               "WSGI_ENV": self.config.environment, "PYTHONUNBUFFERED": "1",
-               "IN_PASSENGER": "1"}
-        if self.user is not None:
-            env.update(self.user.environment())
-        return env
-
-    def app_environment(self) -> dict[str, str]:
-        return {**os.environ, **self.app_variables()}
-
-    def _as_user(self) -> dict[str, Any]:
-        """Popen's arguments that start the process as the app's user."""
-        if self.user is None:
-            return {}
-        return {"user": self.user.uid, "group": self.user.gid,
-                "extra_groups": list(self.user.groups)}
-
-    def _start_error(self, exc: OSError) -> SpawnError:
-        hint = ""
-        if self.user is not None and isinstance(exc, PermissionError):
-            hint = (f" (the app runs as {self.user.name}, who must be able to run it and "
-                    f"read the app; see --user)")
-        return SpawnError(f"cannot start {self.config.python}: {exc}{hint}", [])
 
     async def backtraces(self, process: AppProcess) -> str:
         """Every thread's stack in a WSGI process (the loader dumps them on SIGQUIT)."""
@@ -150,36 +118,6 @@ class Spawner:
             return await asyncio.wait_for(capture.done, BACKTRACE_TIMEOUT)
         finally:
             self.output.backtraces_taken(process.pid, capture)
-
-    def preflight(self) -> str:
-        """Why no process of this app could ever start ("" if one may): checked before
-        the server reports ready, so `passenger start` refuses with that line instead
-        of a healthy banner over a 500 on every request."""
-        if self.config.app_start_command:
-            return ""
-        startup = os.path.join(self.config.app_root, self.config.startup_file)
-        if not os.path.isfile(startup):
-            return (f"{self.config.app_root} has no {self.config.startup_file} (a WSGI app's "
-                    f"startup file; see --startup-file), and no --app-start-command was "
-                    f"given: there is nothing to serve")
-        if self.user is None:
-            return ""
-        # As the app's user: can it run the interpreter, and read the startup file?
-        try:
-            check = subprocess.run(
-                [self.config.python, "-c", "import sys; open(sys.argv[1], 'rb').close()",
-                 startup], capture_output=True, text=True, timeout=30, cwd="/",
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")}, **self._as_user())
-        except PermissionError:
-            return (f"user {self.user.name} (who runs the app) cannot run "
-                    f"{self.config.python}; see --user and --python")
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"cannot run {self.config.python} as user {self.user.name}: {exc}"
-        if check.returncode != 0:
-            last = (check.stderr.strip().splitlines() or ["no output"])[-1]
-            return (f"user {self.user.name} (who runs the app) cannot read {startup} with "
-                    f"{self.config.python}: {last}; see --user")
-        return ""
 
     async def spawn(self) -> AppProcess:
         if self.config.app_start_command:
@@ -197,17 +135,17 @@ class Spawner:
 
     async def _spawn_generic(self) -> AppProcess:
         """Any program that serves HTTP on $PORT: up when the port accepts connections."""
-        port = free_port()
+        port = generic_app.free_port()
         output_r, output_w = os.pipe()
-        env = {**self.app_environment(), "PORT": str(port)}
+        env = {**self.launch.environment(), "PORT": str(port)}
         try:
             popen = subprocess.Popen(  # noqa: ASYNC220 (fork+exec is quick; we reap via pidfd)
                 ["/bin/sh", "-c", self.config.app_start_command], stdin=subprocess.PIPE,
                 stdout=output_w, stderr=output_w, cwd=self.config.app_root, env=env,
-                process_group=0, preexec_fn=die_with_parent, **self._as_user())
+                process_group=0, preexec_fn=generic_app.die_with_parent, **self.launch.popen_user())
         except OSError as exc:
             os.close(output_r)
-            raise self._start_error(exc) from None
+            raise self.launch.start_error(exc) from None
         finally:
             os.close(output_w)
         process = AppProcess(popen=popen, socket_path=f"127.0.0.1:{port}",
@@ -217,7 +155,7 @@ class Spawner:
                              keeping=lambda: process.state is ProcessState.SPAWNING)
         self._adopt(process)
         try:
-            await self._await_port(process, port, output)
+            await generic_app.await_port(process, port, output, self.config)
         except BaseException:  # a spawn error, or cancelled because we are stopping
             process.kill()
             raise
@@ -227,22 +165,6 @@ class Spawner:
                 on_lost=lambda: self.owner.on_channel_lost(process)))
         process.concurrency = self.config.concurrency
         return process
-
-    async def _await_port(self, process: AppProcess, port: int, output: list[str]) -> None:
-        """A generic app is up when its port accepts connections."""
-        popen = process.popen
-        deadline = time.monotonic() + self.config.start_timeout
-        while not await _port_accepts(port):
-            if popen.poll() is not None or process.state is not ProcessState.SPAWNING:
-                raise SpawnError(f"the command exited with "
-                                 f"{describe_exit(popen.returncode or 0)} before it served "
-                                 f"HTTP on port {port}: {self.config.app_start_command}",
-                                 output)
-            if time.monotonic() > deadline:
-                raise SpawnError(f"the command did not serve HTTP on port {port} within "
-                                 f"{self.config.start_timeout} seconds (--start-timeout); "
-                                 f"process {process.pid} killed", output)
-            await asyncio.sleep(GENERIC_POLL_INTERVAL)
 
     async def _spawn_direct(self) -> AppProcess:
         """A fresh interpreter running the loader."""
@@ -362,11 +284,11 @@ class Spawner:
             popen = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=output_w, stderr=output_w,
                 pass_fds=(feedback_w, *(s.fileno() for s in pass_fds)),
-                cwd=self.config.app_root, env=self.app_environment(), **self._as_user())
+                cwd=self.config.app_root, env=self.launch.environment(), **self.launch.popen_user())
         except OSError as exc:
             os.close(feedback_r)
             os.close(output_r)
-            raise self._start_error(exc) from None
+            raise self.launch.start_error(exc) from None
         finally:
             os.close(feedback_w)
             os.close(output_w)
@@ -432,24 +354,3 @@ class Spawner:
                 on_lost=lambda: self.owner.on_channel_lost(process)),
             process.socket_path)
         return channel
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def _port_accepts(port: int) -> bool:
-    try:
-        _, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    writer.close()
-    return True
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: a generic app ignores the stdin lifeline, so the kernel
-    kills it if the helper agent dies (it has its own process group, out of the
-    watchdog's reach)."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
