@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from passenger.common.config import ConfigError, ServerConfig, resolve
+from passenger.common.config import ConfigError, ServerConfig
+from passenger.common.config_sources import resolve
 
 
 def test_defaults_follow_passenger(tmp_path: Path) -> None:

@@ -23,7 +23,8 @@ import time
 
 from passenger.cli.command_line import entry_point, parse
 from passenger.common import VERSION, pid_file
-from passenger.common.config import OPTIONS, ConfigError, ServerConfig, resolve
+from passenger.common.config import OPTIONS, ConfigError, ServerConfig
+from passenger.common.config_sources import resolve
 from passenger.common.executables import find_executable
 from passenger.common.startup_protocol import encode_document, parse_feedback
 

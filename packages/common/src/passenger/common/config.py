@@ -12,18 +12,17 @@ import ipaddress
 import json
 import os
 import pwd
-import stat
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from passenger.common import standalone
 from passenger.common.standalone import ConfigError, split_host_port, standalone_file
 
-__all__ = ["OPTIONS", "PRIVILEGED", "AppRoute", "ConfigError", "ServerConfig", "env_name",
-           "flag_name", "parse_allow_ips", "parse_app_flag", "parse_host_port",
-           "parse_values", "read_passengerfile", "resolve", "standalone_file"]
+__all__ = ["OPTIONS", "AppRoute", "ConfigError", "ServerConfig", "env_name", "flag_name",
+           "parse_allow_ips", "parse_app_flag", "parse_host_port", "parse_values",
+           "standalone_file"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -347,89 +346,3 @@ def _checked(config: ServerConfig) -> ServerConfig:
                 f"--min-instances: {app.min_instances} exceeds --max-pool-size "
                 f"{config.max_pool_size}; allowed: 0..{config.max_pool_size}")
     return config
-
-
-# What root takes only from root: who the app runs as, what it runs, and where root
-# writes, binds or looks for instances.
-PRIVILEGED = ("user", "python", "log_file", "access_log", "pid_file",
-              "instance_registry_dir", "socket")
-
-
-def read_passengerfile(app_root: str,
-                       warn: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """The app dir's Passengerfile.json. Run as root, its privileged settings count only
-    if root owns the file itself (not through a link): the app's owner controls it."""
-    path = os.path.join(app_root, "Passengerfile.json")
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
-    try:
-        data = json.loads(_read_regular_file(path, PASSENGERFILE_LIMIT))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{path}: cannot be read as JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must hold a JSON object of options")
-    if os.geteuid() == 0 and (st.st_uid != 0 or stat.S_ISLNK(st.st_mode)):
-        _drop_privileged(data, path, warn or _warn)
-    return data
-
-
-PASSENGERFILE_LIMIT = 1 << 20
-
-
-def _read_regular_file(path: str, limit: int) -> str:
-    """Its text, if it is a regular file (a link to one will do) of at most `limit`
-    bytes: a FIFO or a device planted by the app's owner must not hang or flood us."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
-        data = os.read(fd, limit + 1)
-    finally:
-        os.close(fd)
-    if len(data) > limit:
-        raise ValueError(f"larger than {limit} bytes")
-    return data.decode()
-
-
-def _drop_privileged(data: dict[str, Any], path: str, warn: Callable[[str], None]) -> None:
-    owner = "a link" if stat.S_ISLNK(os.lstat(path).st_mode) else \
-        f"owned by user {os.lstat(path).st_uid}"
-    places = [("", data)] + [(f"apps[{i}] ", app) for i, app in
-                             enumerate(data.get("apps") or []) if isinstance(app, dict)]
-    for where, values in places:
-        for name in PRIVILEGED:
-            if name in values:
-                del values[name]
-                warn(f"passenger start: ignoring {where}{name!r} in {path}: the file is "
-                     f"{owner}, not root's; as root, {name} comes only from the command "
-                     f"line, the environment or a file root owns")
-
-
-def _warn(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def resolve(cli: Mapping[str, Any], environ: Mapping[str, str] = os.environ,
-            warn: Callable[[str], None] | None = None) -> ServerConfig:
-    """Merge the four sources in precedence order and validate the result."""
-    app_root = os.path.abspath(cli.get("app_root") or environ.get(env_name("app_root")) or ".")
-    if not os.path.isdir(app_root):
-        raise ConfigError(f"APP_DIR: {app_root!r} is not a directory")
-    file_values = read_passengerfile(app_root, warn)
-    merged: dict[str, tuple[Any, str]] = {}
-    for name, raw in file_values.items():
-        merged[name] = (raw, f"Passengerfile.json '{name}'")
-    for name in OPTIONS:
-        if env_name(name) in environ:
-            merged[name] = (environ[env_name(name)], env_name(name))
-    for name, raw in cli.items():
-        if raw is not None:
-            merged[name] = (raw, flag_name(name))
-    merged["app_root"] = (app_root, "APP_DIR")
-    values = {name: raw for name, (raw, _) in merged.items()}
-    sources = {name: where for name, (_, where) in merged.items()}
-    return parse_values(values, source=lambda name: sources.get(name, flag_name(name)))

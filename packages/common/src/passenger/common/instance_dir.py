@@ -47,11 +47,11 @@ from passenger.common.owned_instance_dir import (
     OwnedInstanceDir,
     UnsafePath,
     check_registry,
-    open_regular,
     read_properties,
     registry_path,
 )
 from passenger.common.owned_instance_dir import trusted_owner as _trusted_owner
+from passenger.common.safe_files import open_regular
 
 __all__ = ["PREFIX", "InstanceDir", "OwnedInstanceDir", "UnsafePath", "check_registry",
            "foreign_because", "list_instances", "registry_dir", "untrusted_because"]

@@ -16,6 +16,7 @@ import stat
 import time
 
 from passenger.common import SERVER_SOFTWARE, VERSION
+from passenger.common.safe_files import open_regular
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -91,15 +92,6 @@ def random_text(length: int, alphabet: str) -> str:
 
 
 MAX_PROPERTIES = 1 << 20
-
-
-def open_regular(path: str) -> int:
-    """Read-only, never through a link, never blocking; only a regular file."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(f"{path} is not a regular file")
-    return fd
 
 
 def read_properties(path: str) -> dict[str, Any]:

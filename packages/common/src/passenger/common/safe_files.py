@@ -104,16 +104,36 @@ def remove(path: str) -> None:
     _in_place(path, unlink)
 
 
-def read_small(path: str, limit: int = 4096) -> str | None:
-    """A small regular file's text (None if absent), never through a link, never
-    blocking on a FIFO."""
+def open_regular(path: str, follow_links: bool = False) -> int:
+    """Read-only and never blocking, and only a regular file: a FIFO or a device planted
+    where we read must not hang or flood us. Not through a link unless `follow_links`."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafeFile(errno.EINVAL, "not a regular file", path)
+    return fd
+
+
+def read_regular(path: str, limit: int, follow_links: bool = False) -> bytes:
+    """A regular file's bytes; ValueError if it holds more than `limit`."""
+    fd = open_regular(path, follow_links)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return data
+
+
+def read_small(path: str, limit: int = 4096) -> str | None:
+    """A small regular file's text (None if absent), never through a link."""
+    try:
+        fd = open_regular(path)
     except FileNotFoundError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnsafeFile(errno.EINVAL, "not a regular file", path)
         return os.read(fd, limit).decode(errors="replace")
     finally:
         os.close(fd)
