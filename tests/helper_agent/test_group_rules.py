@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
+from passenger.common.child_watcher import ChildWatcher
 from passenger.common.config import ServerConfig
 from passenger.helper_agent.app_channel import ChannelState, ResponseSink
 from passenger.helper_agent.app_process import AppProcess, ProcessState, Retirement
-from passenger.helper_agent.child_watcher import ChildWatcher
 from passenger.helper_agent.group import Group
 from passenger.helper_agent.pool import Pool
 from passenger.helper_agent.spawn_error import SpawnError

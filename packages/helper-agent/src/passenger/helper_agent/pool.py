@@ -15,12 +15,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from passenger.common.child_watcher import ChildWatcher
 from passenger.common.config import ServerConfig
 from passenger.common.log_records import LogLineWriter
 from passenger.common.procfs import ProcessGone, ProcFS
 from passenger.helper_agent import pool_status
 from passenger.helper_agent.app_process import AppProcess
-from passenger.helper_agent.child_watcher import ChildWatcher
 from passenger.helper_agent.group import Group
 from passenger.helper_agent.spawner import Spawner
 from passenger.helper_agent.system import REAL_SYSTEM, System
@@ -39,7 +39,7 @@ class Pool:
                  system: System = REAL_SYSTEM) -> None:
         self.config = config
         self.system = system
-        self.children = ChildWatcher()
+        self.children = ChildWatcher(asyncio.get_running_loop)
         self.instance_name = instance_name
         self.max_pool_size = config.max_pool_size
         self.procfs = ProcFS()

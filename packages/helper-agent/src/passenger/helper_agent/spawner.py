@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from passenger.common import SERVER_SOFTWARE, app_protocol
+from passenger.common.child_watcher import ChildWatcher
 from passenger.common.config import ServerConfig
 from passenger.common.exit_status import describe_exit
 from passenger.common.log_records import LogLineWriter
@@ -38,9 +39,9 @@ from passenger.helper_agent.app_output import AppOutput
 from passenger.helper_agent.app_process import (
     AdoptedProcess,
     AppProcess,
+    ChildProcess,
     ProcessState,
 )
-from passenger.helper_agent.child_watcher import ChildWatcher
 from passenger.helper_agent.http_app_channel import HttpAppChannel
 from passenger.helper_agent.preloader import Preloader, PreloaderError
 from passenger.helper_agent.spawn_error import SpawnError
@@ -225,7 +226,7 @@ class Spawner:
         finally:
             theirs.close()
         preloader = Preloader(popen, control)
-        self.children.watch(popen, lambda: self._preloader_exited(preloader))
+        self._watch(popen, lambda: self._preloader_exited(preloader))
         message = await self._await_feedback(feedback_r, output, popen.pid,
                                              lambda: preloader.stop())
         preloader.unsafe = str(message.get("unsafe") or "")
@@ -323,7 +324,14 @@ class Spawner:
 
     def _adopt(self, process: AppProcess) -> None:
         """Watch the process's exit."""
-        self.children.watch(process.popen, lambda: self._process_exited(process))
+        self._watch(process.popen, lambda: self._process_exited(process))
+
+    def _watch(self, child: ChildProcess, on_exit: Callable[[], None]) -> None:
+        def exited(code: int | None) -> None:
+            if code is not None:
+                child.returncode = code
+            on_exit()
+        self.children.watch(child.pid, exited)
 
     def _process_exited(self, process: AppProcess) -> None:
         if process.socket_path.startswith("/"):

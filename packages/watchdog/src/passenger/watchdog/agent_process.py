@@ -15,6 +15,7 @@ import fcntl
 import os
 import signal
 
+from passenger.common.child_watcher import ChildWatcher
 from passenger.common.exit_status import describe_exit
 from passenger.common.lifecycle import Transitions
 from passenger.common.startup_protocol import encode_document, parse_feedback
@@ -86,8 +87,10 @@ class AgentProcess:
 
     def __init__(self, loop: EventLoop, name: str, executable: str,
                  document: Callable[[], dict[str, Any]], pass_fds: tuple[int, ...] = (),
-                 start_timeout: float = 30.0) -> None:
+                 start_timeout: float = 30.0, children: ChildWatcher | None = None) -> None:
         self.loop = loop
+        # the watchdog's one watcher of its children's exits (one per agent in tests)
+        self.children = children or ChildWatcher(lambda: loop)
         self.name = name
         self.executable = executable
         self.document = document
@@ -98,7 +101,6 @@ class AgentProcess:
         self.on_started: Callable[[AgentProcess, AgentStartupError | None], None] = \
             lambda agent, error: None
         self.on_exit: Callable[[AgentProcess, int], None] = lambda agent, code: None
-        self._pidfd = -1
         self._lifeline = -1       # our end of the agent's stdin
         self._feedback = -1       # our end of its feedback pipe, while it starts
         self._feedback_data = b""
@@ -133,8 +135,7 @@ class AgentProcess:
         finally:
             os.close(stdin_r)
             os.close(feedback_w)
-        self._pidfd = os.pidfd_open(self.pid)
-        self.loop.add_reader(self._pidfd, self._on_exit)
+        self.children.watch(self.pid, self._on_exit)
         self._lifeline = stdin_w
         self._send_document(encode_document({**self.document(), "feedback_fd": feedback_w}))
         os.set_blocking(feedback_r, False)
@@ -219,13 +220,10 @@ class AgentProcess:
             return False
         return True
 
-    def _on_exit(self) -> None:
-        """The pidfd is readable: the agent has exited."""
-        self.loop.remove_reader(self._pidfd)
-        os.close(self._pidfd)
-        self._pidfd = -1
-        _, status = os.waitpid(self.pid, 0)
-        code = os.waitstatus_to_exitcode(status)
+    def _on_exit(self, exit_code: int | None) -> None:
+        """The agent has exited (and been reaped: it is our own child, so its code is
+        known)."""
+        code = exit_code if exit_code is not None else 1
         os.close(self._lifeline)
         self._lifeline = -1
         if self.state is AgentState.STARTING:

@@ -21,6 +21,7 @@ import signal
 import sys
 
 from passenger.common import pid_file
+from passenger.common.child_watcher import ChildWatcher
 from passenger.common.executables import find_executable
 from passenger.common.log_records import LogLineWriter, create_pipe
 from passenger.common.owned_instance_dir import OwnedInstanceDir, UnsafePath, registry_path
@@ -83,15 +84,17 @@ class Watchdog:
                      "echo": not settings.daemonize}]
         if settings.access_log:
             channels.append({"fifo": instance.access_fifo, "file": settings.access_log})
+        children = ChildWatcher(lambda: self.loop)  # learns of both agents' exits
         self.logging_agent = AgentProcess(
             self.loop, "PassengerLoggingAgent", find_executable("PassengerLoggingAgent"),
-            lambda: {"channels": channels})
+            lambda: {"channels": channels}, children=children)
         metrics_fd = metrics.fileno() if metrics is not None else None
         self.helper_agent = AgentProcess(
             self.loop, "PassengerHelperAgent", find_executable("PassengerHelperAgent"),
             lambda: {"config": settings.document, "instance_dir": instance.path,
                      "listen_fd": listener.fileno(), "metrics_fd": metrics_fd},
-            pass_fds=(listener.fileno(),) + ((metrics_fd,) if metrics_fd is not None else ()))
+            pass_fds=(listener.fileno(),) + ((metrics_fd,) if metrics_fd is not None else ()),
+            children=children)
         self.supervisor = Supervisor(self.loop, [self.logging_agent, self.helper_agent])
         self.systemd = SystemdNotifier()  # before any agent starts: they must not inherit it
         self.stop_signal = ""  # the first SIGINT/SIGTERM's name, once one came
