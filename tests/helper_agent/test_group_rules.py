@@ -186,6 +186,15 @@ def spawner(group: Group) -> FakeSpawner:
     return group.spawner
 
 
+async def spawned(group: Group, count: int) -> list[AppProcess]:
+    """`count` processes, spawned one after the other as --min-instances would."""
+    for _ in range(count):
+        group.maybe_spawn()
+        await settle()
+    assert len(group.processes) == count
+    return list(group.processes)
+
+
 async def settle() -> None:
     """Let spawn tasks run to their next wait."""
     for _ in range(20):
@@ -203,9 +212,7 @@ def test_a_request_goes_to_the_process_with_fewest_sessions_then_least_recently_
         pool = make_pool(tmp_path, system, min_instances=3, max_pool_size=3,
                          concurrency_model="thread", thread_count=2)
         group = pool.groups[0]
-        for _ in range(3):
-            group.maybe_spawn()
-            await settle()
+        await spawned(group, 3)
         a, b, c = group.processes
         for process in (a, b, c):  # two channels each
             extra = FakeChannel()
@@ -253,8 +260,7 @@ def test_queued_requests_scale_the_group_up_to_max_pool_size_and_no_further(
         system = FakeSystem()
         pool = make_pool(tmp_path, system, min_instances=1, max_pool_size=3)
         group = pool.groups[0]
-        group.maybe_spawn()
-        await settle()
+        await spawned(group, 1)
         requests = [FakeRequest() for _ in range(6)]
         for request in requests:
             group.route(request)
@@ -277,8 +283,7 @@ def test_idle_processes_stop_after_pool_idle_time_down_to_min_instances(
         pool = make_pool(tmp_path, system, min_instances=1, max_pool_size=3,
                          pool_idle_time=300)
         group = pool.groups[0]
-        group.maybe_spawn()
-        await settle()
+        await spawned(group, 1)
         requests = [FakeRequest() for _ in range(3)]
         for request in requests:
             group.route(request)
@@ -334,9 +339,7 @@ def test_each_process_gets_a_max_requests_limit_of_its_own_and_is_replaced_at_it
         pool = make_pool(tmp_path, system, min_instances=3, max_pool_size=4,
                          max_requests=10, max_requests_jitter=2)
         group = pool.groups[0]
-        for _ in range(3):
-            group.maybe_spawn()
-            await settle()
+        await spawned(group, 3)
         limits = sorted(p.request_limit for p in group.processes)
         assert limits == [10, 11, 12]  # jitter: no two processes recycle together
         process = next(p for p in group.processes if p.request_limit == 10)
@@ -359,9 +362,7 @@ def test_a_rolling_restart_replaces_one_process_at_a_time_after_its_successor_is
         system = FakeSystem()
         pool = make_pool(tmp_path, system, min_instances=2, max_pool_size=4)
         group = pool.groups[0]
-        for _ in range(2):
-            group.maybe_spawn()
-            await settle()
+        await spawned(group, 2)
         old = list(group.processes)
         fake = spawner(group)
         fake.hold = True
@@ -387,9 +388,7 @@ def test_a_rolling_restart_to_code_that_fails_keeps_the_old_processes(tmp_path: 
         system = FakeSystem()
         pool = make_pool(tmp_path, system, min_instances=2, max_pool_size=4)
         group = pool.groups[0]
-        for _ in range(2):
-            group.maybe_spawn()
-            await settle()
+        await spawned(group, 2)
         old = list(group.processes)
         spawner(group).failing = "SyntaxError: broken on purpose"
         group.rolling_restart()
@@ -409,8 +408,7 @@ def test_a_session_ends_once_however_many_paths_report_it(tmp_path: Path) -> Non
         pool = make_pool(tmp_path, system, min_instances=1, max_pool_size=1,
                          max_request_time=30)
         group = pool.groups[0]
-        group.maybe_spawn()
-        await settle()
+        await spawned(group, 1)
         process = group.processes[0]
         request = FakeRequest()
         group.route(request)
