@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 import httptools
 
 from passenger.common import admin_paths
+from passenger.helper_agent import pool_status
 
 if TYPE_CHECKING:
     from passenger.helper_agent.front_end import FrontEnd
@@ -78,14 +79,14 @@ def admin_routes(pool: Pool, front: FrontEnd) -> dict[tuple[bytes, bytes], Handl
         return 200, {"restarted": names}
 
     async def backtraces(body: bytes) -> tuple[int, Any]:
-        return 200, await pool.backtraces()
+        return 200, await pool_status.backtraces(pool)
 
     routes: dict[tuple[str, str], Handler] = {
         ("GET", admin_paths.PING): lambda body: (200, {"status": "ok"}),
-        ("GET", admin_paths.POOL): lambda body: (200, pool.snapshot()),
+        ("GET", admin_paths.POOL): lambda body: (200, pool_status.pool_snapshot(pool)),
         ("GET", admin_paths.REQUESTS): lambda body: (200, front.requests_snapshot()),
         ("GET", admin_paths.SERVER): lambda body: (200, {**front.server_snapshot(),
-                                                         "pool": pool.snapshot()}),
+                                                         "pool": pool_status.pool_snapshot(pool)}),
         ("GET", admin_paths.BACKTRACES): backtraces,
         ("POST", admin_paths.DETACH_PROCESS): detach,
         ("POST", admin_paths.RESTART_APP_GROUP): restart,

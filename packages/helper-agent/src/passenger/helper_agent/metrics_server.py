@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from passenger.helper_agent.app_process import ProcessState
-from passenger.helper_agent.metrics import render
+from passenger.helper_agent.metrics_exposition import render
 
 if TYPE_CHECKING:
     from passenger.helper_agent.front_end import FrontEnd

@@ -13,13 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from passenger.common.child_watcher import ChildWatcher
 from passenger.common.config import ServerConfig
 from passenger.common.log_records import LogLineWriter
 from passenger.common.procfs import ProcessGone, ProcFS
-from passenger.helper_agent import pool_status
 from passenger.helper_agent.app_process import AppProcess
 from passenger.helper_agent.group import Group
 from passenger.helper_agent.spawner import Spawner
@@ -160,13 +158,7 @@ class Pool:
             self.upkeep_task.cancel()
         await asyncio.gather(*(g.stop(kill_after) for g in self.groups))
 
-    # -- views (pool_status) ---------------------------------------------------------
-
-    def snapshot(self) -> dict[str, Any]:
-        return pool_status.pool_snapshot(self)
-
-    async def backtraces(self) -> list[dict[str, Any]]:
-        return await pool_status.backtraces(self)
+    # -- views ----------------------------------------------------------------------
 
     def log_lines_dropped(self) -> dict[str, int]:
         """Lines each log writer dropped while its logging pipe was full."""
