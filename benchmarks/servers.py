@@ -266,16 +266,12 @@ class OurServer(Server):
         return helper
 
     def restart_app(self) -> str | None:
-        """HOOK: `passenger-config restart-app` does not exist yet (issue 3 asks for its
-        timing). Once it does, this runs it; until then the report says n/a."""
-        tool = str(self.bin_dir / "passenger-config")
-        usage = subprocess.run([tool, "--help"], capture_output=True, text=True,
-                               env=self.env(), timeout=30, check=False).stdout
-        if "restart-app" not in usage:
-            return None
-        subprocess.run([tool, "restart-app", str(self.app_dir)], capture_output=True,
-                       env=self.env(), timeout=30, check=True)
-        return "passenger-config restart-app"
+        """`passenger-config restart-app APP_DIR`: Passenger's blocking restart (every
+        process shuts down gracefully and fresh ones spawn); it returns once asked."""
+        subprocess.run([str(self.bin_dir / "passenger-config"), "restart-app",
+                        str(self.app_dir)], capture_output=True, env=self.env(), timeout=30,
+                       check=True)
+        return self.restart_name
 
 
 class PreforkServer(Server):

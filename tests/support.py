@@ -16,18 +16,32 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+from passenger.common import process_title
+
 BIN = Path(sys.executable).parent
 TESTS = Path(__file__).parent
 HELLO_APP = TESTS.parent / "examples" / "hello"
 INSTRUMENTED_APP = TESTS / "apps" / "instrumented"
-PASSENGER_TITLES = ("PassengerWatchdog", "PassengerHelperAgent", "PassengerLoggingAgent",
-                    "Passenger WsgiApp:", "Passenger AppPreloader:", "Passenger App:")
+# The titles our agents and WSGI app processes set (passenger.common.process_title). A
+# generic app (--app-start-command) keeps its own command line: it has no such title.
+PASSENGER_TITLES = (process_title.WATCHDOG, process_title.HELPER_AGENT,
+                    process_title.LOGGING_AGENT, process_title.WSGI_APP_PREFIX,
+                    process_title.PRELOADER_PREFIX)
+
+# Every process this test session starts inherits the marker in its environment. Our
+# agents' setproctitle writes the title over the environment block, so theirs no longer
+# shows it; they hold files in their instance registry instead, which PassengerServer
+# names after the session (REGISTRY_PREFIX).
+SESSION_MARKER = uuid.uuid4().hex
+os.environ["PASSENGER_TEST_SESSION"] = SESSION_MARKER
+REGISTRY_PREFIX = f"/tmp/pt.{SESSION_MARKER[:8]}."
 
 
 def as_nobody(fn: Callable[[], str], timeout: float = 20.0) -> str:
@@ -95,6 +109,8 @@ def throwaway_user(prefix: str = "pt") -> Iterator[pwd.struct_passwd]:
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the one helper for the tests;
+    the benchmarks have their own in benchmarks/procs.py)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -175,7 +191,7 @@ class PassengerServer:
             # never as root unless asked: the tests ask, so they run as the developer does.
             self.args += ["--user", "root"]
         self.port = free_port()
-        self.registry = Path(tempfile.mkdtemp(prefix="pt.", dir="/tmp"))
+        self.registry = Path(tempfile.mkdtemp(prefix=Path(REGISTRY_PREFIX).name, dir="/tmp"))
         self.registry.chmod(0o755)  # an app process of another user may need to pass
         self.log_file = self.registry / "passenger.log"
         self.pid_file = self.registry / "passenger.pid"

@@ -4,12 +4,15 @@ on a Unix socket and against a socket nobody listens on."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import http.server
 import json
 import socket
 import socketserver
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +79,9 @@ def test_an_error_answer_carries_its_status_and_the_reason_the_server_gave(
                                  "with PID 1")
 
 
+# The leak is test_a_refused_connection_leaves_no_socket_open's (xfail) business; here
+# the socket request() leaves behind is collected while this filter holds.
+@pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning")
 def test_a_socket_nobody_listens_on_has_no_status(short_dir: Path) -> None:
     path = short_dir / "admin.sock"
     with socket.socket(socket.AF_UNIX) as sock:
@@ -84,3 +90,22 @@ def test_a_socket_nobody_listens_on_has_no_status(short_dir: Path) -> None:
             request(path, "GET", admin_paths.POOL, timeout=5)
     assert caught.value.status is None
     assert str(caught.value).startswith(f"cannot talk to the helper agent at {path}: ")
+    del caught
+    gc.collect()
+
+
+@pytest.mark.xfail(strict=True, reason="admin_client._UnixHTTPConnection.connect() never "
+                   "closes the socket it made when connect() fails (refused, or no such "
+                   "file): each failed call leaks a descriptor until GC finds it")
+def test_a_refused_connection_leaves_no_socket_open(short_dir: Path) -> None:
+    path = short_dir / "admin.sock"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(path))
+            for _ in range(3):
+                with contextlib.suppress(AdminError):
+                    request(path, "GET", admin_paths.POOL, timeout=5)
+        gc.collect()
+    unclosed = [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)]
+    assert unclosed == []
