@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from passenger.common.log_records import (
@@ -44,10 +45,12 @@ def fill_pipe(writer: LogLineWriter) -> int:
     return written
 
 
-def drain(keeper: int, *writers: LogLineWriter) -> list[str]:
-    """Read the pipe until every writer has delivered what it holds."""
+def drain(keeper: int, *writers: LogLineWriter, timeout: float = 10.0) -> list[str]:
+    """Read the pipe until every writer has delivered what it holds (within `timeout`)."""
     drained = b""
+    deadline = time.monotonic() + timeout
     while True:
+        assert time.monotonic() < deadline, "the writers never delivered what they hold"
         try:
             drained += os.read(keeper, 1 << 20)
         except BlockingIOError:
@@ -92,7 +95,7 @@ def test_a_long_stall_costs_one_notice_and_a_bounded_queue(tmp_path: Path) -> No
         fill_pipe(writer)
         for i in range(10_000):
             writer.write(f"line {i}")
-            assert len(writer.pending) <= 3
+            assert len(writer.pending) == min(i + 2, 3)  # the waiting page, then 2 lines
         assert writer.dropped_total == 10_000 - 2
         lines = drain(keeper, writer)
         fill_pipe(writer)  # a second stall: its own notice
