@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 
 from passenger.common.config import parse_allow_ips
-from passenger.helper_agent.http_parser import HttpError
+from passenger.helper_agent.http_errors import HttpError
 
 # header -> the value that means the proxy's client used TLS (gunicorn's defaults)
 SECURE_VALUES = ((b"HTTP_X_FORWARDED_PROTO", b"https"),
