@@ -33,7 +33,7 @@ from passenger.common.log_records import LogLineWriter
 from passenger.helper_agent.forwarded import TrustedProxies
 from passenger.helper_agent.http_parser import Limits
 from passenger.helper_agent.metrics import RequestMetrics
-from passenger.helper_agent.proxied_request import describe
+from passenger.helper_agent.request_status import describe
 
 if TYPE_CHECKING:
     from passenger.helper_agent.http_front import HttpConnection

@@ -9,7 +9,8 @@ which the app sees as EOF/EPIPE and stops working for nobody.
 
 The exchange's lifecycle is `RequestState` with its table `REQUEST_LIFECYCLE`; the
 request body's own progress (`body_done`) runs beside it, since a response may end
-before the body has.
+before the body has. The body's way to the app is `request_body` (a base class of
+`Request`); whether an app's response head may go out is `response_head`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-import re
 import time
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,30 +26,22 @@ from passenger.common.lifecycle import Transitions
 from passenger.helper_agent.app_channel import Channel
 from passenger.helper_agent.app_process import AppProcess
 from passenger.helper_agent.error_pages import error_response, http_date, simple_page
-from passenger.helper_agent.spool import READ_SIZE, Spool
+from passenger.helper_agent.request_body import RequestBodyRelay
+from passenger.helper_agent.response_head import (
+    VALID_HEADS,
+    InvalidResponseHead,
+    check_response_head,
+)
+from passenger.helper_agent.spool import Spool
 from passenger.helper_agent.tunnel import Tunnel
 
 if TYPE_CHECKING:
     from passenger.helper_agent.group import Group
-    from passenger.helper_agent.http_parser import RequestHead
+    from passenger.helper_agent.request_head import RequestHead
     from passenger.helper_agent.static_files import StaticResponse
 
 log = logging.getLogger(__name__)
-MAX_BUFFERED_BODY = 64 * 1024  # of a request still waiting for a process
-SENDFILE_MIN = 64 * 1024  # a buffered body's file part goes by sendfile(2) from here on
-FILE_FRAME = 4 << 20      # ... in frames of at most this much
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-# The shape of a response head from an app: a status line, then field lines; no bare CR
-# or LF and no control byte anywhere, so nothing can end the head early or add a line.
-RESPONSE_HEAD = re.compile(
-    rb"[1-5][0-9][0-9] [^\x00-\x08\x0a-\x1f\x7f]*+\r\n"
-    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[ \t]*+[^\x00-\x08\x0a-\x1f\x7f]*+\r\n)*+")
-# Framing is ours to set: an app's own would make two (a response the client reads two
-# ways). A 101 keeps its Connection: upgrade.
-FRAMING_FIELD = re.compile(rb"\n(?i:content-length|transfer-encoding|connection)[ \t]*:")
-VALID_HEADS: dict[bytes, int] = {}  # heads checked before (an app sends the same ones
-# often) and their statuses
-MAX_VALID_HEADS = 4096
 
 
 class RequestState(enum.Enum):
@@ -95,7 +87,7 @@ class ClientConnection(Protocol):
     def start_tunnel(self, app: asyncio.Transport) -> Tunnel | None: ...
 
 
-class Request:
+class Request(RequestBodyRelay):
     __slots__ = ("body_done", "buffered", "bytes_sent", "channel", "chunked", "conn",
                  "drop_body", "env", "expect_continue", "frame_left", "frames", "group",
                  "head", "head_only", "http10", "keep_alive", "out", "process", "received",
@@ -147,50 +139,6 @@ class Request:
         state = self.state
         return state is RELEASED or state is FINISHED or state is ABANDONED
 
-    # -- request body ---------------------------------------------------------------
-
-    def feed_body(self, data: bytes) -> None:
-        if self.over_for_app:
-            return  # the response is over: the app has been told the body ended
-        if self.spool is not None:
-            self.spool.append(data)  # request buffering: the app gets it whole
-            return
-        frame = proto.encode_chunk(data)
-        channel = self.channel
-        if channel is not None:
-            channel.write(frame)
-            if channel.app_full:
-                self.conn.pause_reading("app")  # the app reads slower than the client sends
-            return
-        self.frames.append(frame)
-        self.buffered += len(frame)
-        if self.buffered > MAX_BUFFERED_BODY:
-            self.conn.pause_reading("body")  # until a process takes it
-
-    def end_body(self) -> None:
-        if self.body_done:
-            return
-        self.body_done = True
-        if self.over_for_app:
-            return
-        spool, env = self.spool, self.env
-        if spool is not None and env is not None:
-            # The body is whole: the app is told its length, whatever the client's framing.
-            _set_field(env, b"CONTENT_LENGTH", b"%d" % spool.total)
-            _drop_field(env, b"HTTP_TRANSFER_ENCODING")
-            self.frames.append(proto.encode_fields(env))
-            self.env = None
-            if spool.file < 0:  # small: it goes in the same write as the head
-                while data := spool.read():
-                    self.frames.append(proto.encode_chunk(data))
-                self.frames.append(proto.END)
-                self.spool = None
-            return
-        if self.channel is not None:
-            self.channel.write(proto.END)
-        else:
-            self.frames.append(proto.END)
-
     # -- from the pool --------------------------------------------------------------
 
     def assign(self, process: AppProcess, channel: Channel) -> None:
@@ -206,35 +154,6 @@ class Request:
         if self.buffered:
             self.buffered = 0
             self.conn.resume_reading("body")
-
-    def on_app_writable(self) -> None:
-        """The app's side has room again: go on sending the buffered body, or reading the
-        client's."""
-        channel, spool = self.channel, self.spool
-        if spool is None or channel is None:
-            self.conn.resume_reading("app")
-            return
-        while not channel.app_full:
-            if self.frame_left:  # the rest of a frame announced: sendfile(2) if we can
-                sent = channel.send_file(spool.file, spool.file_read,
-                                         min(self.frame_left, spool.file_ahead()))
-                if sent:
-                    spool.skip(sent)
-                else:
-                    data = spool.read(min(self.frame_left, READ_SIZE))
-                    channel.write(data)
-                    sent = len(data)
-                self.frame_left -= sent
-            elif spool.file_ahead() >= SENDFILE_MIN:  # the file part: big frames
-                self.frame_left = min(spool.file_ahead(), FILE_FRAME)
-                channel.write(proto.LENGTH.pack(self.frame_left))
-            elif data := spool.read():
-                channel.write(proto.encode_chunk(data))
-            else:
-                channel.write(proto.END)
-                spool.close()
-                self.spool = None
-                return
 
     def fail(self, status: int, reason: str, page: str | None = None) -> None:
         if self.done:
@@ -263,17 +182,6 @@ class Request:
         self.channel = None
         self.conn.resume_reading("app")  # if the client was waiting for the app to read
 
-    def _cut_body(self, channel: Channel, spool: Spool) -> None:
-        """The rest of the frame under way, then the end of the body: the loader reads
-        up to the end, and the next request starts on a frame boundary."""
-        while self.frame_left:
-            data = spool.read(min(self.frame_left, READ_SIZE)) or bytes(self.frame_left)
-            channel.write(data)
-            self.frame_left -= len(data)
-        channel.write(proto.END)
-        spool.close()
-        self.spool = None
-
     def abandon(self) -> None:
         """The client went away (or sent garbage) before the exchange was over."""
         if self.done:
@@ -293,9 +201,13 @@ class Request:
     def on_response_head(self, content_length: int, flags: int, head: bytes) -> None:
         if self.state is not IN_APP:
             return  # answered already (the client left, or the head was invalid)
-        status = VALID_HEADS.get(head) or self._check_head(head)
+        status = VALID_HEADS.get(head)
         if not status:
-            return
+            try:
+                status = check_response_head(head)
+            except InvalidResponseHead as exc:
+                self._invalid_response(str(exc))
+                return
         if status < 200 and not (status == 101 and self.upgrade):
             self._invalid_response(f"the interim status {status} as its response")
             return
@@ -326,20 +238,6 @@ class Request:
         if not flags & proto.HAS_SERVER:
             extra += self.conn.server_header
         self.out.append(b"HTTP/1.1 " + head + extra + b"\r\n")
-
-    def _check_head(self, head: bytes) -> int:
-        """A head not seen before: its shape, and no framing field of its own (the 101
-        of a tunnel keeps its Connection: upgrade). -> its status, or 0 (answered 502)."""
-        if RESPONSE_HEAD.fullmatch(head) is None:
-            self._invalid_response(f"an invalid response head {head[:200]!r}")
-            return 0
-        if not head.startswith(b"101 ") and FRAMING_FIELD.search(head) is not None:
-            self._invalid_response(f"a framing header of its own in {head[:200]!r}")
-            return 0
-        status = int(head[:3])
-        if len(VALID_HEADS) < MAX_VALID_HEADS:
-            VALID_HEADS[head] = status
-        return status
 
     def _invalid_response(self, what: str) -> None:
         process = self.process.pid if self.process is not None else "?"
@@ -431,43 +329,3 @@ class Request:
             self.spool.close()
             self.spool = None
 
-
-def _set_field(env: list[bytes], key: bytes, value: bytes) -> None:
-    """In a KEY, VALUE, ... list (keys at even places only: a value may look like a key)."""
-    for i in range(0, len(env), 2):
-        if env[i] == key:
-            env[i + 1] = value
-            return
-    env += (key, value)
-
-
-def _drop_field(env: list[bytes], key: bytes) -> None:
-    for i in range(0, len(env), 2):
-        if env[i] == key:
-            del env[i:i + 2]
-            return
-
-
-def describe(request: Request, waiting_behind: int, now: float) -> dict[str, object]:
-    """One request for `passenger-status --show=requests`."""
-    head = request.head
-    if waiting_behind:
-        state = "waiting behind earlier requests on its connection"
-    elif request.state is FINISHED or request.state is RELEASED:
-        state = "writing the response to the client"
-    elif request.state is RESPONDING:
-        state = "receiving the response from the app"
-    elif request.state is IN_APP:
-        state = "in the app"
-    elif not request.body_done and request.spool is not None:
-        state = "reading the body from the client"
-    else:
-        state = "queued"
-    return {
-        "app": request.group.name if request.group else None,
-        "pid": request.process.pid if request.process else None,
-        "method": head.method.decode("latin-1") if head else None,
-        "path": head.target.decode("latin-1") if head else None,
-        "age": round(now - request.started, 3), "state": state,
-        "status": request.status or None, "bytes_sent": request.bytes_sent,
-    }
