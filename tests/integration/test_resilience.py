@@ -6,14 +6,17 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
 import psutil
+import pytest
 
 from support import (
     BIN,
@@ -76,10 +79,11 @@ def test_helper_agent_kill_under_load_is_back_within_3_seconds() -> None:
     with running_server(INSTRUMENTED_APP, "--min-instances", "2") as server:
         with RequestLoop(server.port, limit=3000, pause=0.002) as loop:
             time.sleep(0.3)
-            os.kill(server.agent_pid("PassengerHelperAgent"), signal.SIGKILL)
+            helper = server.agent_pid("PassengerHelperAgent")
+            sent_before = len(loop.results)
+            os.kill(helper, signal.SIGKILL)
             killed_at = time.monotonic()
-            start = len(loop.results)
-            wait_for(lambda: any(s == 200 for _, s, _ in loop.results[start + 1:]), 3,
+            wait_for(lambda: any(s == 200 for _, s, _ in loop.results[sent_before + 2:]), 3,
                      message="a 200 after the kill")
             back_in = time.monotonic() - killed_at
             time.sleep(0.3)
@@ -87,6 +91,43 @@ def test_helper_agent_kill_under_load_is_back_within_3_seconds() -> None:
         print(f"helper agent kill -9 under load: first 200 after {back_in * 1000:.0f} ms; "
               f"{len(failed)} of {len(loop.results)} requests failed")
         assert back_in < 3.0
+        # Clients wait in the backlog while the helper agent restarts: every request sent
+        # after the kill is answered, none refused. The one client sends one request at
+        # a time, so only the one the killed agent had accepted may be lost (see the
+        # xfail below): #sent_before, or the next if that one ended just before the kill.
+        assert len(failed) <= 1, failed
+        for i, _, error in failed:
+            assert i in (sent_before, sent_before + 1), (sent_before, failed)
+            assert "refused" not in error.lower(), failed
+
+
+@pytest.mark.xfail(strict=True, reason="README (Crashes) says a helper agent killed with "
+                   "kill -9 costs no failed request, but a request the killed helper agent "
+                   "had already accepted is lost: its client gets the connection closed "
+                   "without a response (only connections not yet accepted wait in the "
+                   "watchdog's backlog)")
+def test_a_request_in_flight_when_the_helper_agent_is_killed_is_not_lost() -> None:
+    with running_server(INSTRUMENTED_APP, "--min-instances", "1") as server:
+        wait_for(lambda: server.app_pids(), 10, message="an app process")
+        outcome: list[tuple[int, bytes] | str] = []
+
+        def slow() -> None:
+            try:
+                status, _, body = server.get("/sleep?s=1", timeout=10)
+                outcome.append((status, body))
+            except OSError as exc:
+                outcome.append(str(exc))
+
+        client = threading.Thread(target=slow)
+        client.start()
+        try:
+            wait_for(lambda: any(p["sessions"] for g in server.status()["groups"]
+                                 for p in g["processes"]), 5,
+                     message="the request in the app")
+            os.kill(server.agent_pid("PassengerHelperAgent"), signal.SIGKILL)
+        finally:
+            client.join(15)
+        assert outcome and outcome[0][0] == 200, outcome
 
 
 def test_killed_watchdog_leaves_nothing_and_the_next_cli_call_cleans_up() -> None:
@@ -191,6 +232,44 @@ def test_logrotate_rename_and_reopen_loses_no_line() -> None:
         assert old and new and max(old) < min(new)
     finally:
         server.stop()
+
+
+LOGROTATE = shutil.which("logrotate") or shutil.which("logrotate", path="/usr/sbin:/sbin")
+
+
+@pytest.mark.skipif(LOGROTATE is None, reason="needs logrotate (.ci/run installs it)")
+def test_logrotate_copytruncate_keeps_the_log_going_without_a_hole(tmp_path: Path) -> None:
+    """logrotate's copytruncate copies the file and truncates it in place, telling nobody:
+    the next lines must start the truncated file (no run of NULs up to the old size)."""
+    server = PassengerServer(INSTRUMENTED_APP)
+    server.log_file = tmp_path / "app.log"
+    config = tmp_path / "logrotate.conf"
+    config.write_text(f"{server.log_file} {{\n    copytruncate\n    rotate 1\n}}\n")
+    server.start()
+    try:
+        for i in range(50):  # something to rotate away
+            assert server.get(f"/print?line=before-{i}")[0] == 200
+        server.wait_for_log("output: before-49")
+        size_before = server.log_file.stat().st_size
+        rotated = subprocess.run([str(LOGROTATE), "--force", "--state",
+                                  str(tmp_path / "state"), str(config)],
+                                 capture_output=True, text=True, timeout=60, check=False)
+        assert rotated.returncode == 0, rotated.stderr
+        old = tmp_path / "app.log.1"
+        assert "output: before-49" in old.read_text()
+        for i in range(5):
+            assert server.get(f"/print?line=after-{i}")[0] == 200
+        server.wait_for_log("output: after-4")
+        data = server.log_file.read_bytes()
+    finally:
+        server.stop()
+    nuls = data.count(0)
+    assert nuls == 0, f"a hole of {nuls} NUL bytes in the log"
+    assert len(data) < size_before
+    lines = data.decode().splitlines()
+    assert lines[0].endswith(" output: after-0"), lines[:3]  # the file starts afresh
+    assert [x.split("output: ")[1] for x in lines if "output: " in x] == [
+        f"after-{i}" for i in range(5)]
 
 
 def test_unopenable_log_file_is_a_clear_startup_error() -> None:
