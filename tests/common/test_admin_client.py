@@ -79,9 +79,6 @@ def test_an_error_answer_carries_its_status_and_the_reason_the_server_gave(
                                  "with PID 1")
 
 
-# The leak is test_a_refused_connection_leaves_no_socket_open's (xfail) business; here
-# the socket request() leaves behind is collected while this filter holds.
-@pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning")
 def test_a_socket_nobody_listens_on_has_no_status(short_dir: Path) -> None:
     path = short_dir / "admin.sock"
     with socket.socket(socket.AF_UNIX) as sock:
@@ -94,9 +91,6 @@ def test_a_socket_nobody_listens_on_has_no_status(short_dir: Path) -> None:
     gc.collect()
 
 
-@pytest.mark.xfail(strict=True, reason="admin_client._UnixHTTPConnection.connect() never "
-                   "closes the socket it made when connect() fails (refused, or no such "
-                   "file): each failed call leaks a descriptor until GC finds it")
 def test_a_refused_connection_leaves_no_socket_open(short_dir: Path) -> None:
     path = short_dir / "admin.sock"
     with warnings.catch_warnings(record=True) as seen:
@@ -109,3 +103,26 @@ def test_a_refused_connection_leaves_no_socket_open(short_dir: Path) -> None:
         gc.collect()
     unclosed = [str(w.message) for w in seen if issubclass(w.category, ResourceWarning)]
     assert unclosed == []
+
+
+def test_something_that_does_not_answer_in_http_is_one_line_with_no_status(
+        short_dir: Path) -> None:
+    path = short_dir / "admin.sock"
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(str(path))
+        listener.listen(1)
+
+        def answer_garbage() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"SSH-2.0-not-http\r\n\r\n")
+
+        thread = threading.Thread(target=answer_garbage, daemon=True)
+        thread.start()
+        with pytest.raises(AdminError) as caught:
+            request(path, "GET", admin_paths.POOL, timeout=5)
+        thread.join(5)
+    assert caught.value.status is None
+    assert str(caught.value) == (f"the helper agent at {path} did not answer in HTTP: "
+                                 f"BadStatusLine")

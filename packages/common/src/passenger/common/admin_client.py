@@ -26,8 +26,12 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.socket_path)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()  # refused, or no such socket: no descriptor left to the GC
+            raise
         self.sock = sock
 
 
@@ -44,6 +48,9 @@ def request(socket_path: Path, method: str, path: str, body: Any = None,
         data = resp.read()
     except OSError as exc:
         raise AdminError(f"cannot talk to the helper agent at {socket_path}: {exc}") from exc
+    except http.client.HTTPException as exc:  # something answered, but not in HTTP
+        raise AdminError(f"the helper agent at {socket_path} did not answer in HTTP: "
+                         f"{type(exc).__name__}") from exc
     finally:
         conn.close()
     try:
