@@ -12,6 +12,11 @@ read whole before the request is routed (`--no-request-buffering` streams it, wi
 backpressure), and what the client has not taken of a response waits in a spool (memory,
 then a file), so the app process is free as soon as the app has finished. Bytes the
 client can take now are never held back, so streams flow as they are produced.
+
+This module has the connection's life (events, refusing and closing, requests answered
+in order, accounting); its parts are base classes of `HttpConnection`: taking requests
+in (`request_intake`), the pace of reading and writing (`client_flow`), and sending a
+static file (`static_sending`).
 """
 
 from __future__ import annotations
@@ -19,45 +24,31 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import time
-from itertools import chain
 from typing import TYPE_CHECKING, cast
-from urllib.parse import unquote_to_bytes
 
-from passenger.common import app_protocol as proto
 from passenger.helper_agent.access_log import access_line
-from passenger.helper_agent.error_pages import error_response, http_date, simple_page
-from passenger.helper_agent.forwarded import SCHEME_HEADERS, forwarded_scheme
-from passenger.helper_agent.http_parser import HttpError, RequestHead, RequestParser
+from passenger.helper_agent.client_flow import HEADER, KEEPALIVE, MAX_PIPELINED, ClientFlow
+from passenger.helper_agent.error_pages import error_response, simple_page
+from passenger.helper_agent.http_errors import HttpError
+from passenger.helper_agent.http_parser import RequestParser
 from passenger.helper_agent.proxied_request import CONTINUE, Request
+from passenger.helper_agent.request_intake import RequestIntake
 from passenger.helper_agent.spool import Spool
 from passenger.helper_agent.static_files import StaticResponse
+from passenger.helper_agent.static_sending import StaticFileSender
 from passenger.helper_agent.tunnel import Tunnel
 
 if TYPE_CHECKING:
     from passenger.helper_agent.front_end import FrontEnd
-    from passenger.helper_agent.group import Group
 
 log = logging.getLogger(__name__)
 
-MAX_PIPELINED = 32
 LINGER_SECONDS = 2.0  # after our last byte, read (and drop) what the client still sends
-MAX_RESPONSE_SPOOL = 1 << 30  # per connection; beyond it the app waits for the client
-FILE_CHUNK = 1 << 20          # a static file: bytes per sendfile(2)
-TRANSPORT_CHUNK = 64 * 1024   # ... and per write when the socket is full
-STATIC_REASONS = {200: b"OK", 206: b"Partial Content", 304: b"Not Modified",
-                  416: b"Range Not Satisfiable"}
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for the access log: the client went away
-REQUEST_TIMEOUT = 408
-PROTOCOLS = {b"1.0": b"HTTP/1.0", b"1.1": b"HTTP/1.1"}
-HTTPS_FIELDS = (b"wsgi.url_scheme", b"https", b"HTTPS", b"on")
-UPGRADE_FIELD = (proto.UPGRADE_KEY.encode(), b"1")
-# What the read deadline is for.
-HEADER, BODY, KEEPALIVE = "header", "body", "keepalive"
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(RequestIntake, StaticFileSender, ClientFlow, asyncio.Protocol):
     """One client connection (slots: thousands of idle ones must stay small)."""
 
     __slots__ = ("access_log", "app_held", "client_done", "closing", "closing_error",
@@ -166,82 +157,6 @@ class HttpConnection(asyncio.Protocol):
                 self._request_ended(request, CLIENT_CLOSED_REQUEST)
         self.requests.clear()
 
-    def pause_reading(self, reason: str) -> None:
-        if not self.read_pauses and self.transport is not None:
-            self.transport.pause_reading()
-        self.read_pauses.add(reason)
-
-    def resume_reading(self, reason: str) -> None:
-        self.read_pauses.discard(reason)
-        if not self.read_pauses and self.transport is not None:
-            self.transport.resume_reading()
-
-    # -- writing: what the client cannot take now waits in the spool ------------------
-
-    def write(self, data: bytes) -> None:
-        if self.spool is None:
-            if not self.writing_paused:
-                if self.transport is not None:
-                    self.transport.write(data)
-                return
-            self.spool = Spool(self.front.buffer_dir)
-        self.spool.append(data)
-        if len(self.spool) > MAX_RESPONSE_SPOOL and not self.app_held:
-            self._hold_app(True)
-
-    def splice_fd(self) -> int:
-        """Our socket, if bytes may be written to it directly now (nothing waits in the
-        transport or the spool, and the client takes bytes), else -1."""
-        transport = self.transport
-        if transport is None or self.spool is not None or self.writing_paused \
-                or self.tunnel is not None or self.file_body is not None \
-                or transport.get_write_buffer_size():
-            return -1
-        sock = transport.get_extra_info("socket")
-        return -1 if sock is None else int(sock.fileno())
-
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-        if self.tunnel is not None:
-            self.tunnel.client_paused()
-        else:
-            self.write_deadline = self.loop.time() + self.front.send_timeout
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        if self.tunnel is not None:
-            self.tunnel.client_resumed()
-            return
-        self.write_deadline = 0.0
-        spool = self.spool
-        while spool is not None and not self.writing_paused and self.transport is not None:
-            data = spool.read()
-            if not data:
-                spool.close()
-                self.spool = None
-                if self.app_held:
-                    self._hold_app(False)
-                if self.closing:
-                    self._close()
-                elif self.file_body is not None:
-                    self._send_file()
-                return
-            self.transport.write(data)  # may pause writing again at once
-        if spool is None and self.file_body is not None:
-            self._send_file()
-        if self.app_held and spool is not None and len(spool) < MAX_RESPONSE_SPOOL // 2:
-            self._hold_app(False)
-
-    def _hold_app(self, hold: bool) -> None:
-        """Backpressure to the app, only when the spool is full."""
-        self.app_held = hold
-        channel = self.requests[0].channel if self.requests else None
-        if channel is not None:
-            if hold:
-                channel.pause()
-            else:
-                channel.resume()
-
     def start_tunnel(self, app: asyncio.Transport) -> Tunnel | None:
         """The app switched protocols: from now on bytes flow both ways unparsed."""
         if self.transport is None:
@@ -257,34 +172,6 @@ class HttpConnection(asyncio.Protocol):
         self.read_pauses.clear()
         self.transport.resume_reading()
         return self.tunnel
-
-    # -- timeouts (checked by FrontEnd's sweep) --------------------------------------
-
-    def _wait_to_read(self, what: str, timeout: float) -> None:
-        self.read_waits_for = what
-        self.read_deadline = self.loop.time() + timeout
-
-    def read_timed_out(self) -> None:
-        self.read_deadline = 0.0
-        what = self.read_waits_for
-        if what is KEEPALIVE or (what is HEADER and not self.parser.in_message
-                                 and not self.requests):
-            self._close()  # nothing asked: close quietly
-            return
-        timeout = self.front.header_timeout if what is HEADER else self.front.body_timeout
-        option = "--client-header-timeout" if what is HEADER else "--client-body-timeout"
-        log.info("Client %s timed out reading the request %s (%s %g s)",
-                 self.remote_addr.decode(), what, option, timeout)
-        self._reject(REQUEST_TIMEOUT, f"The request {what} did not arrive in time "
-                                      f"({option} {timeout:g} s)")
-
-    def send_timed_out(self) -> None:
-        """The client took nothing for --send-timeout: it is gone, or as good as."""
-        self.write_deadline = 0.0
-        log.info("Client %s timed out reading the response (--send-timeout %g s); "
-                 "closing", self.remote_addr.decode(), self.front.send_timeout)
-        if self.transport is not None:
-            self.transport.abort()
 
     # -- refusing and closing ----------------------------------------------------------
 
@@ -337,93 +224,6 @@ class HttpConnection(asyncio.Protocol):
         transport.resume_reading()
         self.linger = self.loop.call_later(LINGER_SECONDS, transport.close)
 
-    # -- parser callbacks ------------------------------------------------------------
-
-    def on_head(self, head: RequestHead) -> None:
-        # With one app every request goes to it, whatever its host and path.
-        group = self.pool.only_group or self.pool.group_for(head.host, head.path)
-        path_info = head.path
-        if b"%" in path_info:
-            path_info = unquote_to_bytes(path_info)
-        script_name = b""
-        if group is not None and group.script_name:
-            script_name = group.script_name
-            path_info = path_info[len(script_name):]
-        headers = head.headers
-        env = [b"REQUEST_METHOD", head.method, b"REQUEST_URI", head.target,
-               b"SCRIPT_NAME", script_name, b"PATH_INFO", path_info,
-               b"QUERY_STRING", head.query, b"SERVER_PROTOCOL", PROTOCOLS[head.version],
-               b"SERVER_NAME", self.server_name, b"SERVER_PORT", self.server_port,
-               b"REMOTE_ADDR", self.remote_addr, b"REMOTE_PORT", self.remote_port]
-        if self.trusted_proxy and not SCHEME_HEADERS.isdisjoint(headers) \
-                and forwarded_scheme(headers) == b"https":
-            env += HTTPS_FIELDS
-        env.extend(chain.from_iterable(headers.items()))
-        has_body = head.has_body
-        upgrade = False
-        if head.upgrade and group is not None and group.config.app_start_command \
-                and not has_body:
-            upgrade = True
-            env += UPGRADE_FIELD
-            self.parser.hold()  # what follows belongs to the tunnel, if the app agrees
-        keep_alive = head.keep_alive and not upgrade and self.front.keepalive
-        if not has_body:
-            request = Request(self, [proto.encode_fields(env), proto.END],
-                              head.method == b"HEAD", keep_alive, head.version == b"1.0",
-                              group, head.expect_continue, upgrade)
-            request.body_done = True
-            if group is not None and group.static is not None and not upgrade:
-                request.static = group.static.lookup(head.method, path_info, headers)
-            self.read_deadline = 0.0  # nothing to read until the answer is out
-        else:
-            request = self._request_with_body(head, env, group, keep_alive)
-        request.head = head
-        self.front.requests_begun += 1
-        self.current = request
-        self.requests.append(request)
-        if self.access_log is not None:
-            self.request_lines[request] = (
-                head.method + b" " + head.target + b" " + PROTOCOLS[head.version],
-                headers.get(b"HTTP_REFERER", b""), headers.get(b"HTTP_USER_AGENT", b""))
-        if len(self.requests) == 1:
-            self._start(request)
-        elif len(self.requests) > MAX_PIPELINED:
-            self.pause_reading("pipeline")
-
-    def _request_with_body(self, head: RequestHead, env: list[bytes],
-                           group: Group | None, keep_alive: bool) -> Request:
-        front = self.front
-        request = Request(self, [], head.method == b"HEAD", keep_alive,
-                          head.version == b"1.0", group, head.expect_continue)
-        self._wait_to_read(BODY, front.body_timeout)
-        if front.max_body_size and head.content_length > front.max_body_size:
-            raise _too_large(front.max_body_size)
-        if front.request_buffering:
-            request.spool = Spool(front.buffer_dir)
-            request.env = env  # encoded once the body is whole (with its length)
-        else:
-            request.frames.append(proto.encode_fields(env))
-        return request
-
-    def on_body(self, data: bytes) -> None:
-        request = self.current
-        if request is not None:
-            self.read_deadline = self.loop.time() + self.front.body_timeout
-            request.received += len(data)
-            if self.front.max_body_size and request.received > self.front.max_body_size:
-                raise _too_large(self.front.max_body_size)  # a chunked body grew too big
-            request.feed_body(data)
-
-    def on_message_complete(self) -> None:
-        request, self.current = self.current, None
-        if request is None:
-            return
-        self.read_deadline = 0.0
-        buffered = request.env is not None
-        request.end_body()
-        if buffered and self.requests and self.requests[0] is request:
-            self._route(request)  # a buffered body is whole: now it may go
-
     # -- request completion ----------------------------------------------------------
 
     def _start(self, request: Request) -> None:
@@ -438,71 +238,6 @@ class HttpConnection(asyncio.Protocol):
         if request.expect_continue and not request.http10:
             request.expect_continue = False
             self.write(CONTINUE)
-
-    # -- static files (see static_files) -------------------------------------------------
-
-    def _serve_static(self, request: Request, found: StaticResponse) -> None:
-        request.static = None
-        if found.status == 404:
-            request.fail(404, "Not Found")
-            return
-        head = [b"HTTP/1.1 %d %s\r\n" % (found.status, STATIC_REASONS[found.status])]
-        head += [name + b": " + value + b"\r\n" for name, value in found.headers]
-        if found.status != 304:
-            head.append(b"Content-Length: %d\r\n" % found.length)
-        head += [b"Date: ", http_date(), b"\r\n", self.server_header]
-        if not request.keep_alive:
-            head.append(b"Connection: close\r\n")
-        elif request.http10:
-            head.append(b"Connection: keep-alive\r\n")
-        self.write(b"".join(head) + b"\r\n")
-        request.status = found.status
-        if request.head_only or found.fd < 0 or found.length == 0:
-            found.close()
-            request.complete()
-            return
-        request.bytes_sent = found.length
-        self.file_body, self.file_request = found, request
-        if self.spool is None and not self.writing_paused:
-            self._send_file()
-
-    def _send_file(self) -> None:
-        """sendfile(2) while the transport holds nothing; when the socket is full, one
-        chunk goes to the transport instead, which pauses us until the client reads."""
-        body, transport = self.file_body, self.transport
-        assert body is not None and self.file_request is not None
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        while transport is not None and sock is not None and body.length \
-                and not self.writing_paused:
-            try:
-                if transport.get_write_buffer_size() == 0:
-                    try:
-                        sent = os.sendfile(sock.fileno(), body.fd, body.offset,
-                                           min(body.length, FILE_CHUNK))
-                    except BlockingIOError:
-                        sent = -1
-                    if sent > 0:
-                        body.offset += sent
-                        body.length -= sent
-                        continue
-                    if sent == 0:
-                        raise EOFError
-                data = os.pread(body.fd, min(body.length, TRANSPORT_CHUNK), body.offset)
-                if not data:
-                    raise EOFError
-            except (OSError, EOFError):  # the file shrank, or the client is gone
-                self.file_body = self.file_request = None
-                body.close()
-                self._close()
-                return
-            body.offset += len(data)
-            body.length -= len(data)
-            transport.write(data)  # may pause writing: resume_writing brings us back
-        if body.length == 0:
-            request = self.file_request
-            self.file_body = self.file_request = None
-            body.close()
-            request.complete()
 
     def _route(self, request: Request) -> None:
         if request.done:
@@ -558,7 +293,3 @@ class HttpConnection(asyncio.Protocol):
             self.access_log.write(access_line(self.remote_addr, b"", status, size, b"", b"",
                                               0.0, "-"))
 
-
-def _too_large(limit: int) -> HttpError:
-    return HttpError(413, f"The request body is larger than {limit // (1024 * 1024)} MB "
-                          f"(--client-max-body-size)")
