@@ -69,21 +69,47 @@ def test_2_scales_up_under_load_and_back_down_when_idle() -> None:
         server.wait_for_log("idle for more than 2 s (--pool-idle-time)")
 
 
+def busy_sessions(server: PassengerServer) -> int:
+    return sum(p["sessions"] for g in server.status()["groups"] for p in g["processes"])
+
+
+def in_background(server: PassengerServer, path: str, timeout: float = 30
+                  ) -> tuple[threading.Thread, list[tuple[int, bytes, float, float]]]:
+    """GET `path` on a thread; the list gets (status, body, seconds, the monotonic time
+    the answer came) once it ends."""
+    result: list[tuple[int, bytes, float, float]] = []
+
+    def run() -> None:
+        started = time.monotonic()
+        status, _, body = server.get(path, timeout=timeout)
+        ended = time.monotonic()
+        result.append((status, body, ended - started, ended))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
 def test_3_hung_request_gets_504_its_process_is_replaced_and_the_queue_moves() -> None:
     with running_server(INSTRUMENTED_APP, "--min-instances", "1", "--max-pool-size", "1",
                         "--max-request-time", "1") as server:
         (hung_pid,) = wait_for(lambda: pids_of(server), 10, message="one process")
-        results = concurrent_requests(server.port, ["/sleep?s=30", "/"] * 1)
-        (status, _, seconds), (queued_status, _, _) = results
-        if status == 200:  # the plain request got in first; send the hanging one alone
-            status, _, seconds = concurrent_requests(server.port, ["/sleep?s=30"])[0]
+        hung, hung_result = in_background(server, "/sleep?s=30")
+        wait_for(lambda: busy_sessions(server) == 1, 5, message="the hung request in the app")
+        queued, queued_result = in_background(server, "/")
+        wait_for(lambda: group(server)["requests_in_queue"] == 1, 5,
+                 message="the second request queued")
+        hung.join(10)
+        queued.join(10)
+        # A 200 here would mean --max-request-time let the request run its 30 s.
+        ((status, _, seconds, _),) = hung_result
         assert status == 504 and 0.9 < seconds < 3, (status, seconds)
-        assert queued_status == 200
+        assert queued_result[0][0] == 200
         wait_for(lambda: is_gone(hung_pid), 3, message="the hung process gone")
         new_pid = wait_for(lambda: pids_of(server), 5, message="a replacement")[0]
         assert new_pid != hung_pid
         assert server.get("/")[0] == 200
-        assert group(server)["requests_timed_out"] >= 1
+        assert group(server)["requests_timed_out"] == 1
 
 
 def test_4_process_over_memory_limit_is_replaced_and_no_request_fails() -> None:
@@ -179,3 +205,51 @@ def test_queue_time_limit_answers_504_to_requests_that_waited_too_long() -> None
         assert status == 504 and b"waited more than 1 s in the queue" in body
         assert 0.9 < waited < 2.0
         assert group(server)["requests_timed_out"] == 1
+
+
+def test_max_instances_per_app_caps_the_app_below_the_pool_size() -> None:
+    with running_server(INSTRUMENTED_APP, "--min-instances", "1", "--max-pool-size", "4",
+                        "--max-instances-per-app", "2") as server:
+        wait_for(lambda: len(pids_of(server)) == 1, 10, message="one process")
+        seen_max = 0
+        stop = threading.Event()
+
+        def watch() -> None:
+            nonlocal seen_max
+            while not stop.is_set():
+                seen_max = max(seen_max, len(server.status()["groups"][0]["processes"]))
+                stop.wait(0.05)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            results = concurrent_requests(server.port, ["/sleep?s=1"] * 6)
+        finally:
+            stop.set()
+            watcher.join(10)
+        assert [status for status, _, _ in results] == [200] * 6
+        assert len({body for _, body, _ in results}) == 2  # not 4: the pool had room
+        assert seen_max == 2
+        assert group(server)["max_instances_per_app"] == 2
+
+
+def test_an_app_with_no_process_waits_in_the_top_level_queue_until_one_is_idle() -> None:
+    with running_server(INSTRUMENTED_APP, "--max-pool-size", "1",
+                        "--app", f"/a={INSTRUMENTED_APP}", "--app", f"/b={HELLO_APP}") as server:
+        (a_pid,) = wait_for(lambda: pids_of(server), 10, message="app a's process")
+        a_thread, a_result = in_background(server, "/a/sleep?s=2")
+        wait_for(lambda: busy_sessions(server) == 1, 5, message="app a's process busy")
+        b_thread, b_result = in_background(server, "/b/")
+        wait_for(lambda: server.status()["requests_in_top_level_queue"] == 1, 5,
+                 message="app b's request in the top-level queue")
+        assert b_thread.is_alive()  # nothing idle to take: b waits, a is not cut short
+        a_thread.join(10)
+        b_thread.join(10)
+        ((a_status, _, _, a_ended),) = a_result
+        ((b_status, b_body, _, b_ended),) = b_result
+        assert a_status == 200
+        assert b_status == 200 and b_body.startswith(b"Hello from process")
+        assert b_ended > a_ended  # it waited for a's process to become idle
+        wait_for(lambda: is_gone(a_pid), 5, message="app a's process stopped for room")
+        pool = server.status()
+        assert pool["requests_in_top_level_queue"] == 0 and pool["process_count"] == 1
