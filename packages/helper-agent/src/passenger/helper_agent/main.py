@@ -21,7 +21,7 @@ from passenger.common.log_records import LogLineHandler, LogLineWriter
 from passenger.common.owned_instance_dir import InstancePaths
 from passenger.common.process_title import HELPER_AGENT, set_title
 from passenger.common.startup_protocol import read_startup_document, report_error, report_ready
-from passenger.helper_agent.admin_api import AdminConnection, admin_routes
+from passenger.helper_agent.admin_api import AdminConnection, Handler, admin_routes
 from passenger.helper_agent.front_end import FrontEnd, raise_descriptor_limit
 from passenger.helper_agent.http_front import HttpConnection
 from passenger.helper_agent.metrics_server import MetricsServer
@@ -59,29 +59,11 @@ class HelperAgent:
                       if self.config.access_log else None)
         pool = Pool(self.config, self.instance.apps_dir, self.log_writer,
                     self.instance.properties_name(), access_log)
-        apps = self.instance.apps_dir
-        for name in os.listdir(apps):
-            if name.startswith("wsgi."):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(apps, name))
-        os.chmod(apps, 0o700)  # app sockets: ours alone (see Spawner)
-        buffers = self.instance.buffers_dir
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(buffers, 0o700)
-        for name in os.listdir(buffers):  # bodies are unlinked files; anything else is old
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(buffers, name))
-        front = FrontEnd(pool, self.config, buffers, access_log)
+        self._clear_apps_dir()
+        front = FrontEnd(pool, self.config, self._clear_buffers_dir(), access_log)
         front.serve(socket.socket(fileno=self.listen_fd), lambda: HttpConnection(front))
         admin_path = str(self.instance.admin_socket)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(admin_path)
-        routes = admin_routes(pool, front)
-        old_umask = os.umask(0o177)
-        try:
-            admin = await loop.create_unix_server(lambda: AdminConnection(routes), admin_path)
-        finally:
-            os.umask(old_umask)
+        admin = await self._serve_admin(admin_path, admin_routes(pool, front))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._request_stop, f"signal {sig.name}")
         loop.add_reader(sys.stdin.fileno(), self._check_lifeline, pool)
@@ -104,18 +86,7 @@ class HelperAgent:
         log.info("Helper agent shutting down (%s)", self.stop_reason)
         front.close()  # from now on /readyz says so
         admin.close()
-        if self.stop_reason == "lifeline":
-            log.warning("The watchdog is gone; stopping every app process now")
-            await pool.stop(ORPHAN_STOP_TIMEOUT)
-        else:
-            deadline = loop.time() + self.config.graceful_timeout
-            while pool.busy_sessions() and loop.time() < deadline:
-                await asyncio.sleep(0.02)
-            if pool.busy_sessions():
-                log.warning("%d requests still running after --graceful-timeout %d s; "
-                            "stopping their processes", pool.busy_sessions(),
-                            self.config.graceful_timeout)
-            await pool.stop(APP_STOP_TIMEOUT)
+        await self._stop_apps(pool)
         flusher.cancel()
         if metrics is not None:
             await loop.run_in_executor(None, metrics.stop)
@@ -126,6 +97,54 @@ class HelperAgent:
         log.info("Helper agent stopped")
         self.log_writer.close()
         return 0
+
+    def _clear_apps_dir(self) -> None:
+        """App sockets left by an earlier helper agent go; the directory is ours alone."""
+        apps = self.instance.apps_dir
+        for name in os.listdir(apps):
+            if name.startswith("wsgi."):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(apps, name))
+        os.chmod(apps, 0o700)  # app sockets: ours alone (see Spawner)
+
+    def _clear_buffers_dir(self) -> str:
+        """The directory for request and response buffers, made empty. -> its path."""
+        buffers = self.instance.buffers_dir
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(buffers, 0o700)
+        for name in os.listdir(buffers):  # bodies are unlinked files; anything else is old
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(buffers, name))
+        return buffers
+
+    async def _serve_admin(self, admin_path: str,
+                           routes: dict[tuple[bytes, bytes], Handler]) -> asyncio.Server:
+        """The admin API on its Unix socket, readable and writable by us alone."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(admin_path)
+        old_umask = os.umask(0o177)
+        try:
+            return await asyncio.get_running_loop().create_unix_server(
+                lambda: AdminConnection(routes), admin_path)
+        finally:
+            os.umask(old_umask)
+
+    async def _stop_apps(self, pool: Pool) -> None:
+        """At once when the watchdog is gone; else after the requests in flight, for at
+        most --graceful-timeout."""
+        if self.stop_reason == "lifeline":
+            log.warning("The watchdog is gone; stopping every app process now")
+            await pool.stop(ORPHAN_STOP_TIMEOUT)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.graceful_timeout
+        while pool.busy_sessions() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if pool.busy_sessions():
+            log.warning("%d requests still running after --graceful-timeout %d s; "
+                        "stopping their processes", pool.busy_sessions(),
+                        self.config.graceful_timeout)
+        await pool.stop(APP_STOP_TIMEOUT)
 
     def _request_stop(self, reason: str) -> None:
         if not self.stop_reason and self.stopped is not None:

@@ -35,76 +35,104 @@ def _record_signal(signum: int, frame: FrameType | None) -> None:
     received.append(signum)
 
 
-def run(channels: list[LogChannel]) -> int:
-    # epoll itself: the selectors module around it would cost this agent 0.1 MB.
-    epoll = select.epoll()
-    watched: dict[int, LogChannel | str] = {}
+class Drain:
+    """The agent's loop: the descriptors epoll watches (the logging pipes, the lifeline,
+    the signal wakeup pipe), the channels whose file cannot be written now, and the
+    notices waiting for the main log (`channels[0]`)."""
 
-    def watch(fd: int, what: LogChannel | str) -> None:
-        epoll.register(fd, select.EPOLLIN)
-        watched[fd] = what
+    def __init__(self, channels: list[LogChannel]) -> None:
+        self.channels = channels
+        # epoll itself: the selectors module around it would cost this agent 0.1 MB.
+        self.epoll = select.epoll()
+        self.watched: dict[int, LogChannel | str] = {}
+        self.failing: dict[LogChannel, WriteFailure] = {}
+        self.notices: list[str] = []  # for the main log, once it can be written
+        for channel in channels:
+            self.watch(channel.fifo_fd, channel)
+        self.watch(sys.stdin.fileno(), "lifeline")
+        self.wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wakeup_w)  # a signal wakes epoll at once
+        self.watch(self.wakeup_r, "signal")
 
-    def unwatch(fd: int) -> None:
-        epoll.unregister(fd)
-        del watched[fd]
+    def watch(self, fd: int, what: LogChannel | str) -> None:
+        self.epoll.register(fd, select.EPOLLIN)
+        self.watched[fd] = what
 
-    for channel in channels:
-        watch(channel.fifo_fd, channel)
-    watch(sys.stdin.fileno(), "lifeline")
-    wakeup_r, wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wakeup_w)  # a signal wakes epoll at once
-    watch(wakeup_r, "signal")
-    failing: dict[LogChannel, WriteFailure] = {}
-    notices: list[str] = []  # for the main log, once it can be written
+    def unwatch(self, fd: int) -> None:
+        self.epoll.unregister(fd)
+        del self.watched[fd]
 
-    def pump(channel: LogChannel) -> None:
+    def run(self) -> int:
+        """Until SIGTERM, SIGINT or the lifeline's end; then drain and close. -> 0."""
+        while True:
+            self.poll()
+            while received:
+                if received.pop(0) == signal.SIGHUP:
+                    self.reopen()
+                    continue
+                for channel in self.channels:
+                    self.pump(channel)
+                    channel.close()
+                return 0
+
+    def poll(self) -> None:
+        """Wait for input (or the next retry), and pump what is due."""
+        failing, main = self.failing, self.channels[0]
+        for fd, _ in self.epoll.poll(RETRY_INTERVAL if failing else 5.0):
+            what = self.watched.get(fd)
+            if isinstance(what, LogChannel):
+                self.pump(what)
+            elif what == "signal":
+                os.read(self.wakeup_r, 4096)
+            elif what == "lifeline" and not os.read(fd, 4096):
+                self.unwatch(fd)
+                received.append(signal.SIGTERM)  # lifeline closed: the watchdog is gone
+        for channel in list(failing):
+            self.pump(channel)
+        if self.notices and main not in failing:
+            self.pump(main)
+
+    def pump(self, channel: LogChannel) -> None:
+        """The channel's pipe into its file; a failure to write it begins or ends here."""
+        failing = self.failing
         channel.pump()
         if channel.failure and channel not in failing:
             failing[channel] = channel.failure
-            unwatch(channel.fifo_fd)  # readable until written: do not spin
+            self.unwatch(channel.fifo_fd)  # readable until written: do not spin
             print(f"PassengerLoggingAgent: cannot write {channel.file_path}: "
                   f"{channel.failure.error}; its lines wait in the logging pipe, retrying "
                   f"each second", file=sys.stderr, flush=True)
         elif not channel.failure and channel in failing:
-            notices.append(recovery_notice(channel, failing.pop(channel)))
-            watch(channel.fifo_fd, channel)
-        if notices and channels[0] not in failing and channel is channels[0]:
-            try:
-                while notices:
-                    channels[0].write_line(notices[0])
-                    notices.pop(0)
-            except OSError:
-                pass  # the next pump says so
+            self.notices.append(recovery_notice(channel, failing.pop(channel)))
+            self.watch(channel.fifo_fd, channel)
+        main = self.channels[0]
+        if self.notices and main not in failing and channel is main:
+            self.write_notices(main)
 
-    while True:
-        for fd, _ in epoll.poll(RETRY_INTERVAL if failing else 5.0):
-            what = watched.get(fd)
-            if isinstance(what, LogChannel):
-                pump(what)
-            elif what == "signal":
-                os.read(wakeup_r, 4096)
-            elif what == "lifeline" and not os.read(fd, 4096):
-                unwatch(fd)
-                received.append(signal.SIGTERM)  # lifeline closed: the watchdog is gone
-        for channel in list(failing):
-            pump(channel)
-        if notices and channels[0] not in failing:
-            pump(channels[0])
-        while received:
-            if received.pop(0) == signal.SIGHUP:
-                for channel in channels:
-                    pump(channel)
-                    try:
-                        channel.reopen()
-                    except OSError as exc:  # keep writing the old file
-                        print(f"PassengerLoggingAgent: cannot reopen {channel.file_path} "
-                              f"(still writing the file opened before): {exc.strerror}",
-                              file=sys.stderr, flush=True)
-                continue
-            for channel in channels:
-                pump(channel)
-                channel.close()
-            return 0
+    def write_notices(self, main: LogChannel) -> None:
+        notices = self.notices
+        try:
+            while notices:
+                main.write_line(notices[0])
+                notices.pop(0)
+        except OSError:
+            pass  # the next pump says so
+
+    def reopen(self) -> None:
+        """SIGHUP (logrotate): what is in the pipes goes to the old files, the rest to
+        new ones."""
+        for channel in self.channels:
+            self.pump(channel)
+            try:
+                channel.reopen()
+            except OSError as exc:  # keep writing the old file
+                print(f"PassengerLoggingAgent: cannot reopen {channel.file_path} "
+                      f"(still writing the file opened before): {exc.strerror}",
+                      file=sys.stderr, flush=True)
+
+
+def run(channels: list[LogChannel]) -> int:
+    return Drain(channels).run()
 
 
 def recovery_notice(channel: LogChannel, failure: WriteFailure) -> str:
