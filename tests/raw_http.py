@@ -7,10 +7,26 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+from collections.abc import Callable
 
 from hostile_requests import GET, Case
 
 READ_TIMEOUT = 10.0
+
+
+def read_until(sock: socket.socket, done: Callable[[bytes], bool], timeout: float = 5.0,
+               data: bytes = b"") -> bytes:
+    """Read until `done(data + what was read)` and return that; fails on EOF or after
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done(data):
+        left = deadline - time.monotonic()
+        assert left > 0, f"no complete answer within {timeout} s: {data[:200]!r}"
+        sock.settimeout(left)
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed the connection after {data[:200]!r}"
+        data += chunk
+    return data
 
 
 class Reader:

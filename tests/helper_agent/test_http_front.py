@@ -3,12 +3,15 @@ input and app failures, as a client sees them."""
 
 from __future__ import annotations
 
+import html
 import json
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from raw_http import read_until
 from support import INSTRUMENTED_APP, PassengerServer, running_server, wait_for
 
 
@@ -20,11 +23,15 @@ def server() -> Iterator[PassengerServer]:
 
 def raw_exchange(port: int, data: bytes, timeout: float = 5.0) -> bytes:
     """Send raw bytes, read until the server closes or `timeout` passes."""
+    deadline = time.monotonic() + timeout
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
         chunks = []
         try:
-            while chunk := sock.recv(65536):
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                if not (chunk := sock.recv(65536)):
+                    break
                 chunks.append(chunk)
         except TimeoutError:
             pass
@@ -35,9 +42,7 @@ def test_keep_alive_serves_several_requests_on_one_connection(server: PassengerS
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         for _ in range(3):
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            data = b""
-            while b"pid=" not in data or not data.endswith(b"\n"):
-                data += sock.recv(4096)
+            data = read_until(sock, lambda d: b"pid=" in d and d.endswith(b"\n"))
             assert data.startswith(b"HTTP/1.1 200 OK\r\n")
             assert b"Connection: close" not in data
 
@@ -118,18 +123,33 @@ def test_header_with_underscore_is_dropped(server: PassengerServer) -> None:
     assert "HTTP_X_SPOOF" not in env and env["HTTP_X_REAL"] == "2"
 
 
-@pytest.mark.parametrize(("request_bytes", "status"), [
-    (b"GET / HTTP/1.1\r\nHost: x\r\nThis header has no colon\r\n\r\n", b"400"),
-    (b"GET / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", b"400"),
-    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", b"400"),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", b"400"),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", b"431"),
+BAD_REQUEST = b"400 Bad Request"
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "reason"), [
+    (b"GET / HTTP/1.1\r\nHost: x\r\nThis header has no colon\r\n\r\n", BAD_REQUEST,
+     "A header line without a colon: b'This header has no colon'"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+     BAD_REQUEST, "The request has both Content-Length and Transfer-Encoding"),
+    (b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", BAD_REQUEST,
+     "An HTTP/1.1 request must have a Host header"),
+    (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n", BAD_REQUEST,
+     "Malformed request line b'\\x16\\x03\\x01\\x02\\x00\\x01\\x00\\x01\\xfc\\x03\\x03garbage'"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", BAD_REQUEST,
+     "Invalid Content-Length b'-5'"),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n",
+     b"431 Request Header Fields Too Large",
+     "A header field is longer than 8190 bytes with its CRLF (--limit-request-field-size)"),
 ])
 def test_bad_requests_get_a_specific_error_and_the_server_stays_up(
-        server: PassengerServer, request_bytes: bytes, status: bytes) -> None:
+        server: PassengerServer, request_bytes: bytes, status: bytes, reason: str) -> None:
     reply = raw_exchange(server.port, request_bytes)
-    assert reply.startswith(b"HTTP/1.1 " + status), reply[:200]
-    assert b"Connection: close" in reply
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 " + status + b"\r\n"), reply[:200]
+    assert b"\r\nConnection: close" in head
+    # The page names the reason (HTML-escaped), and so does the log line.
+    assert f"<p>{html.escape(reason)}</p>".encode() in body, body
+    server.wait_for_log(f"Rejected a request from 127.0.0.1: {status[:3].decode()} {reason}")
     assert server.get("/")[0] == 200
 
 

@@ -11,13 +11,13 @@ import shutil
 import socket
 import tempfile
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
+from raw_http import read_until
 from support import INSTRUMENTED_APP, PassengerServer, running_server, wait_for
 
 
@@ -26,6 +26,12 @@ def server() -> Iterator[PassengerServer]:
     with running_server(INSTRUMENTED_APP, "--min-instances", "1",
                         "--max-pool-size", "1", "--no-request-buffering") as srv:
         yield srv
+
+
+def the_process(server: PassengerServer) -> dict[str, int]:
+    """The one app process's entry in passenger-status --show=json."""
+    (process,) = server.status()["groups"][0]["processes"]
+    return dict(process)
 
 
 def connect(port: int) -> socket.socket:
@@ -52,17 +58,19 @@ def read_response(sock: socket.socket) -> bytes:
 
 def test_slow_reader_of_a_big_response_does_not_wedge_the_process(
         server: PassengerServer) -> None:
+    served = the_process(server)["processed"]
     with connect(server.port) as slow:
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         slow.sendall(b"GET /big?mb=2 HTTP/1.1\r\nHost: x\r\n\r\n")
-        time.sleep(0.5)  # the helper agent pauses the app channel for this slow client
-        received = 0
-        while received < 2 * 1024 * 1024:
-            chunk = slow.recv(1 << 20)
-            assert chunk
-            received += len(chunk)
-    status, _, body = server.get("/", timeout=5)
-    assert status == 200 and body.startswith(b"pid=")
+        # Nothing read yet: the app has finished all the same, and its process is free.
+        wait_for(lambda: (p := the_process(server))["processed"] == served + 1
+                 and p["sessions"] == 0, 5, message="the app done with the unread response")
+        status, _, body = server.get("/", timeout=5)
+        assert status == 200 and body.startswith(b"pid=")
+        size = 2 * 1024 * 1024
+        reply = read_until(slow, lambda d: len(d.partition(b"\r\n\r\n")[2]) >= size, 20)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and body == b"x" * size
 
 
 def test_early_answer_to_an_upload_leaves_nothing_for_the_next_request(
@@ -82,18 +90,21 @@ def test_early_answer_to_an_upload_leaves_nothing_for_the_next_request(
 
 def test_client_gone_mid_upload_or_mid_stream_frees_the_process(
         server: PassengerServer) -> None:
+    (pid,) = server.app_pids()
     with connect(server.port) as uploader:
         uploader.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
                          b"hello")
-        time.sleep(0.2)
+        wait_for(lambda: the_process(server)["sessions"] == 1, 5,
+                 message="the upload in the app")
     assert server.get("/", timeout=5)[0] == 200
     with connect(server.port) as watcher:
         watcher.sendall(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert watcher.recv(4096).startswith(b"HTTP/1.1 200")
+        read_until(watcher, lambda d: d.startswith(b"HTTP/1.1 200") and b"tick" in d)
+    # The app's iteration is closed (its generator's finally runs) and the process serves.
+    server.wait_for_log(f"App {pid} output: endless stopped after ")
     assert server.get("/", timeout=5)[0] == 200
-    (pid,) = server.app_pids()
-    time.sleep(0.3)
-    assert psutil.Process(pid).cpu_percent(interval=0.5) < 20  # no longer streaming
+    assert server.app_pids() == [pid]
+    assert the_process(server)["sessions"] == 0
 
 
 def test_upload_to_a_busy_app_is_held_back_not_buffered(server: PassengerServer) -> None:
@@ -101,7 +112,7 @@ def test_upload_to_a_busy_app_is_held_back_not_buffered(server: PassengerServer)
 
     busy = threading.Thread(target=server.get, args=("/sleep?s=3",), kwargs={"timeout": 10})
     busy.start()
-    time.sleep(0.3)
+    wait_for(lambda: the_process(server)["sessions"] == 1, 5, message="the app busy")
     helper = psutil.Process(server.agent_pid("PassengerHelperAgent"))
     before = helper.memory_info().rss
     with connect(server.port) as uploader:
@@ -134,14 +145,11 @@ def test_100_continue_comes_after_earlier_pipelined_responses(
         sock.sendall(b"GET /sleep?s=0.3 HTTP/1.1\r\nHost: x\r\n\r\n"
                      b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
                      b"Expect: 100-continue\r\n\r\n")
-        first = sock.recv(4096)
+        first = read_until(sock, lambda d: b"100 Continue" in d)
         assert first.startswith(b"HTTP/1.1 200 OK"), first[:40]
-        while b"100 Continue" not in first:
-            first += sock.recv(4096)
         sock.sendall(b"hello")
         rest = first.split(b"HTTP/1.1 100 Continue\r\n\r\n", 1)[1]
-        while not rest.endswith(b"hello"):
-            rest += sock.recv(4096)
+        rest = read_until(sock, lambda d: d.endswith(b"hello"), data=rest)
         assert rest.startswith(b"HTTP/1.1 200 OK")
 
 

@@ -120,6 +120,12 @@ def _events(n, every):
 
 
 def _endless():
-    while True:
-        time.sleep(0.01)
-        yield b"tick\n"
+    ticks = 0
+    try:
+        while True:
+            time.sleep(0.01)
+            ticks += 1
+            yield b"tick\n"
+    finally:  # the server closed the iteration (or dropped it)
+        print(f"endless stopped after {ticks} ticks")
+        sys.stdout.flush()
