@@ -343,6 +343,15 @@ class ResponseHead:
         return proto.frame_response_head(content_length, self.flags, text)
 
 
+def response_head(state: dict[str, Any]) -> ResponseHead:
+    """The head the app gave start_response, checked; from now on it is being sent."""
+    if state["status"] is None:
+        raise RuntimeError("the app returned without calling start_response")
+    head = ResponseHead(state["status"], state["headers"])
+    state["head"] = head
+    return head
+
+
 class RequestHandler:
     def __init__(self, app: Callable[..., Iterable[bytes]], proto: ModuleType,
                  base_environ: dict[str, Any], app_root: str) -> None:
@@ -375,8 +384,8 @@ class RequestHandler:
             finally:
                 lifeline.end_request()
 
-    def handle(self, cgi: dict[str, str], body: BodyReader, conn: socket.socket) -> None:
-        proto = self.proto
+    def wsgi_environ(self, cgi: dict[str, str], body: BodyReader) -> dict[str, Any]:
+        """The WSGI environ of a request: ours, then the request's fields, its body."""
         environ: dict[str, Any] = dict(self.base_environ)
         environ.update(cgi)
         environ["wsgi.input"] = body
@@ -384,6 +393,13 @@ class RequestHandler:
             # Only then: with a length, frameworks bound their reads by it and can tell
             # a body cut short by a client that went away (werkzeug: 400, no traceback).
             environ["wsgi.input_terminated"] = True
+        return environ
+
+    def handle(self, cgi: dict[str, str], body: BodyReader, conn: socket.socket) -> None:
+        """Run the app on one request and send its response as frames on `conn`; an
+        error before the response head is a 500, after it an abort."""
+        proto = self.proto
+        environ = self.wsgi_environ(cgi, body)
         is_head = cgi.get("REQUEST_METHOD") == "HEAD"
         state: dict[str, Any] = {"status": None, "headers": None, "head": None}
 
@@ -400,17 +416,10 @@ class RequestHandler:
             state["status"], state["headers"] = status, headers
             return write
 
-        def response_head() -> ResponseHead:
-            if state["status"] is None:
-                raise RuntimeError("the app returned without calling start_response")
-            head = ResponseHead(state["status"], state["headers"])
-            state["head"] = head
-            return head
-
         def write(data: bytes) -> None:
             out = []
             if state["head"] is None:
-                head = response_head()
+                head = response_head(state)
                 out.append(head.encode(proto, head.content_length))
             if data and not is_head:
                 out += (proto.LENGTH.pack(len(data)), data)
@@ -424,27 +433,7 @@ class RequestHandler:
         result: Any = None
         try:
             result = self.app(environ, start_response)
-            if state["head"] is None and state["status"] is not None:
-                if isinstance(result, (list, tuple)):
-                    self._send_whole(conn, response_head(), result, is_head)
-                    return
-                if result.__class__ is FileWrapper and self._send_file(
-                        result, response_head(), conn, is_head):
-                    return
-            chunks: Iterator[bytes] = iter(result)
-            if type(chunks) in SEQUENCE_ITERATORS and state["head"] is None \
-                    and state["status"] is not None:
-                # A list behind an object (Django's HttpResponse): all there, so it
-                # goes as a list does, in one write with its length, not chunked.
-                self._send_whole(conn, response_head(), list(chunks), is_head)
-                return
-            for chunk in chunks:
-                if chunk:
-                    write(chunk)
-            if state["head"] is None:
-                head = response_head()
-                send(conn, head.encode(proto, head.content_length if is_head else 0))
-            send(conn, proto.END)
+            self._send_result(conn, result, state, write, is_head)
         except ChannelLost:
             raise
         except InvalidResponse as exc:
@@ -456,6 +445,33 @@ class RequestHandler:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
+
+    def _send_result(self, conn: socket.socket, result: Any, state: dict[str, Any],
+                     write: Callable[[bytes], None], is_head: bool) -> None:
+        """What the app returned, as frames: in one write with its length when it is
+        all there (a list, or a list behind an object), a regular file by sendfile(2),
+        else each chunk as the iteration yields it."""
+        if state["head"] is None and state["status"] is not None:
+            if isinstance(result, (list, tuple)):
+                self._send_whole(conn, response_head(state), result, is_head)
+                return
+            if result.__class__ is FileWrapper and self._send_file(
+                    result, response_head(state), conn, is_head):
+                return
+        chunks: Iterator[bytes] = iter(result)
+        if type(chunks) in SEQUENCE_ITERATORS and state["head"] is None \
+                and state["status"] is not None:
+            # A list behind an object (Django's HttpResponse): all there, so it
+            # goes as a list does, in one write with its length, not chunked.
+            self._send_whole(conn, response_head(state), list(chunks), is_head)
+            return
+        for chunk in chunks:
+            if chunk:
+                write(chunk)
+        if state["head"] is None:
+            head = response_head(state)
+            send(conn, head.encode(self.proto, head.content_length if is_head else 0))
+        send(conn, self.proto.END)
 
     def _send_whole(self, conn: socket.socket, head: ResponseHead,
                     chunks: list[bytes] | tuple[bytes, ...], is_head: bool) -> None:
