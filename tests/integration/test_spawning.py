@@ -137,6 +137,42 @@ def test_4_restart_txt_serves_the_next_request_from_a_new_process_with_new_code(
         wait_for(lambda: is_gone(old_pid), 5, message="the old process gone")
 
 
+def served_by(server: PassengerServer) -> int:
+    status, headers, _ = server.get("/")
+    assert status == 200
+    return int(headers["x-pid"])
+
+
+def test_always_restart_txt_restarts_before_every_request_while_it_exists(
+        app_copy: Path) -> None:
+    with running_server(app_copy, "--stat-throttle-rate", "0") as server:
+        first = served_by(server)
+        (app_copy / "tmp").mkdir()
+        (app_copy / "tmp" / "always_restart.txt").touch()
+        pids = [served_by(server) for _ in range(3)]
+        assert len({first, *pids}) == 4, (first, pids)  # a new process each time
+        wait_for(lambda: all(is_gone(pid) for pid in (first, *pids[:-1])), 10,
+                 message="the restarted processes gone")
+        (app_copy / "tmp" / "always_restart.txt").unlink()
+        assert {served_by(server) for _ in range(3)} == {pids[-1]}
+
+
+def test_restart_dir_moves_where_restart_txt_is_looked_for(app_copy: Path) -> None:
+    (app_copy / "tmp").mkdir()
+    (app_copy / "deploy-flags").mkdir()
+    with running_server(app_copy, "--stat-throttle-rate", "0",
+                        "--restart-dir", "deploy-flags") as server:
+        first = served_by(server)
+        (app_copy / "tmp" / "restart.txt").touch()  # not where we look any more
+        (app_copy / "tmp" / "always_restart.txt").touch()
+        assert served_by(server) == first
+        (app_copy / "deploy-flags" / "restart.txt").touch()
+        second = served_by(server)
+        assert second != first
+        wait_for(lambda: is_gone(first), 10, message="the old process gone")
+        assert served_by(server) == second  # restart.txt: once per change
+
+
 def test_5_generic_app_is_served_and_respawned(tmp_path: Path) -> None:
     site = Path(tempfile.mkdtemp(prefix="psite.", dir="/tmp"))
     try:
