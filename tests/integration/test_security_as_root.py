@@ -378,3 +378,42 @@ def test_instance_dir_and_logs_are_not_world_readable(tmp_path: Path) -> None:
             assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, mode), path
     finally:
         server.stop()
+
+
+# -- the admin socket: SO_PEERCRED behind the file permissions -------------------------
+
+def admin_call(path: Path) -> str:
+    """GET /ping.json on the admin socket -> the raw answer, or the connect error."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        try:
+            sock.connect(str(path))
+        except OSError as exc:
+            return f"connect: {exc.strerror}"
+        sock.sendall(b"GET /ping.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        return answer.decode()
+
+
+def test_admin_socket_refuses_another_user_even_when_its_permissions_let_them_in(
+        other: pwd.struct_passwd) -> None:
+    server = PassengerServer(INSTRUMENTED_APP)
+    try:
+        server.start()
+        instance = server.instance_dir()
+        assert instance is not None
+        admin = instance / "admin.sock"
+        assert run_as(other, lambda: admin_call(admin)) == "connect: Permission denied"
+        # Suppose the modes were loosened (an admin's chmod): SO_PEERCRED still says no.
+        instance.chmod(0o755)
+        admin.chmod(0o666)
+        refused = run_as(other, lambda: admin_call(admin))
+        head, _, body = refused.partition("\r\n\r\n")
+        assert head.startswith("HTTP/1.1 403 "), refused
+        assert json.loads(body) == {"error": "only root and the instance's owner may use "
+                                             "the admin API"}
+        assert admin_call(admin).startswith("HTTP/1.1 200 ")  # root, the owner, still may
+    finally:
+        server.stop()
