@@ -296,7 +296,7 @@ while time.monotonic() < deadline:
         pid = os.fork()
         if pid == 0:
             setproctitle.setproctitle("Passenger WsgiApp: /tmp/churn")
-            time.sleep(0.002)
+            time.sleep(0.02)
             os._exit(0)
         pids.append(pid)
     for pid in pids:
@@ -307,6 +307,8 @@ while time.monotonic() < deadline:
 def test_processes_exiting_mid_read_never_break_the_tool() -> None:
     churn = subprocess.Popen([sys.executable, "-c", CHURN, "3"])
     try:
+        wait_for(lambda: psutil.Process(churn.pid).children(), 5,
+                 message="the churner forking")
         procfs = ProcFS()
         runs = 0
         churners_seen = []
@@ -324,7 +326,7 @@ def test_processes_exiting_mid_read_never_break_the_tool() -> None:
             churners_seen.append(len(ours))
             runs += 1
         assert runs > 10
-        assert max(churners_seen) > 0, "never caught the churner's children alive"
+        assert max(churners_seen) > 0, f"never saw the churned children: {churners_seen}"
     finally:
         try:  # it stops by itself after 3 s, having reaped all its children
             churn.wait(10)
