@@ -344,7 +344,7 @@ PHUSION_TOOL = "/usr/sbin/passenger-memory-stats"
 @needs_apache
 @pytest.mark.skipif(not Path(PHUSION_TOOL).exists(),
                     reason=f"{PHUSION_TOOL} missing: the Debian package passenger is not "
-                    "installed (.ci/run does not install it)")
+                    "installed (.ci/run installs it)")
 def test_same_apache_and_nginx_rows_as_phusion_passenger(nginx: WebServer,
                                                          apache: WebServer) -> None:
     def rows(text: str, title: str) -> set[tuple[str, str, str]]:
