@@ -82,10 +82,7 @@ def parse_head(data: bytes, start: int, end: int, line_limit: int, fields_limit:
     the CRLFCRLF that ends them. The limits are the parser's (0 already made largest)."""
     line = REQUEST_LINE.match(data, start, end + 2)
     if line is None:
-        eol = data.find(b"\r\n", start, end + 2)
-        if eol - start > line_limit:
-            raise line_too_long(line_limit)
-        raise request_line_error(data[start:eol])
+        raise _request_line_refused(data, start, end, line_limit)
     method, target, major, minor = line.groups()
     eol = line.end()  # where the header lines start
     if eol - 2 - start > line_limit:
@@ -94,8 +91,25 @@ def parse_head(data: bytes, start: int, end: int, line_limit: int, fields_limit:
         raise HttpError(505, f"HTTP version {major.decode()}.{minor.decode()} is not "
                              f"supported; use HTTP/1.1")
     version = b"1.0" if minor == b"0" else b"1.1"
-    headers = (_fields(data[eol:end + 2], fields_limit, field_limit) if eol < end
-               else {})
+    if eol < end:
+        section = data[eol:end + 2]
+        fields = FIELD.findall(section)
+        count = len(fields)
+        # A line that is not a field (or a bare CR/LF), too many fields, maybe a long one:
+        if count != section.count(b"\n") or count > fields_limit or len(section) > field_limit:
+            _check_section(section, count, fields_limit, field_limit)
+        headers = {}
+        try:
+            for name, value in fields:
+                if value[-1:] in WHITESPACE:
+                    value = value.rstrip(b" \t")
+                headers[_KEYS[name]] = value
+            if len(headers) != count or b"" in headers:
+                raise KeyError  # a repeated, dropped or new name: the long way
+        except KeyError:
+            headers = _headers(fields)
+    else:
+        headers = {}
     if target[0] == 47 and method != b"CONNECT":  # b"/": origin-form
         path, _, query = target.partition(b"?")
         if b"#" in target:  # not part of a request-target; browsers never send one
@@ -119,30 +133,21 @@ def parse_head(data: bytes, start: int, end: int, line_limit: int, fields_limit:
     return head
 
 
-def _fields(section: bytes, fields_limit: int, field_limit: int) -> dict[bytes, bytes]:
-    """The header section (its lines with their CRLFs) as environ keys and values."""
-    fields = FIELD.findall(section)
-    count = len(fields)
-    if count != section.count(b"\n"):  # a line that is not a field, a bare CR/LF
+def _request_line_refused(data: bytes, start: int, end: int, line_limit: int) -> HttpError:
+    """Why the request line is refused (only on the error path)."""
+    eol = data.find(b"\r\n", start, end + 2)
+    if eol - start > line_limit:
+        return line_too_long(line_limit)
+    return request_line_error(data[start:eol])
+
+
+def _check_section(section: bytes, count: int, fields_limit: int, field_limit: int) -> None:
+    """The header section (its lines with their CRLFs, `count` of them fields) is
+    refused, or it is long and each of its fields is checked against the limit."""
+    if count != section.count(b"\n"):
         raise header_error(section)
     if count > fields_limit:
         raise too_many_fields(fields_limit)
-    if len(section) > field_limit:
-        _check_field_sizes(section, field_limit)
-    headers = {}
-    try:
-        for name, value in fields:
-            if value[-1:] in WHITESPACE:
-                value = value.rstrip(b" \t")
-            headers[_KEYS[name]] = value
-        if len(headers) != count or b"" in headers:
-            raise KeyError  # a repeated, dropped or new name: the long way
-    except KeyError:
-        headers = _headers(fields)
-    return headers
-
-
-def _check_field_sizes(section: bytes, field_limit: int) -> None:
     size = field_limit - 2  # gunicorn counts a field's CRLF
     for raw in section.split(b"\r\n"):
         if len(raw) > size:
