@@ -15,9 +15,9 @@ Writers never block: `LogLineWriter` keeps lines in a bounded buffer while the p
 full, and counts what overflows (one notice a stall). The watchdog keeps each pipe open
 for its lifetime, so lines written while the logging agent restarts wait in the pipe.
 
-Python `logging` records reach a pipe through `LogLineHandler` (in `log_handler`, and
-importable from here): this module itself does not import `logging`, which would cost
-the watchdog and the logging agent 1.2 MB each.
+Python `logging` records reach a pipe through `log_handler.LogLineHandler`: this module
+itself does not import `logging`, which would cost the watchdog and the logging agent
+1.2 MB each.
 """
 
 from __future__ import annotations
@@ -28,10 +28,6 @@ import fcntl
 import os
 import select
 import time
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from passenger.common.log_handler import LogLineHandler as LogLineHandler
 
 PIPE_BUF = select.PIPE_BUF
 PIPE_SIZE = 1 << 20
@@ -191,12 +187,3 @@ class LogLineWriter:
     def close(self) -> None:
         self.flush()
         self._close()
-
-
-def __getattr__(name: str) -> object:
-    """`LogLineHandler`, imported (with `logging`) only when asked for."""
-    if name == "LogLineHandler":
-        from passenger.common.log_handler import LogLineHandler
-
-        return LogLineHandler
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,7 +17,8 @@ import socket
 import sys
 
 from passenger.common.config import ServerConfig
-from passenger.common.log_records import LogLineHandler, LogLineWriter
+from passenger.common.log_handler import LogLineHandler
+from passenger.common.log_records import LogLineWriter
 from passenger.common.owned_instance_dir import InstancePaths
 from passenger.common.process_title import HELPER_AGENT, set_title
 from passenger.common.startup_protocol import read_startup_document, report_error, report_ready
