@@ -25,7 +25,7 @@ import resource
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from passenger.common import SERVER_SOFTWARE
 from passenger.common.config import ServerConfig
@@ -36,8 +36,10 @@ from passenger.helper_agent.metrics import RequestMetrics
 from passenger.helper_agent.request_status import describe
 
 if TYPE_CHECKING:
-    from passenger.helper_agent.http_front import HttpConnection
+    from collections.abc import Collection
+
     from passenger.helper_agent.pool import Pool
+    from passenger.helper_agent.proxied_request import Request
 
 log = logging.getLogger(__name__)
 RESERVED_FDS = 128        # never taken by client connections
@@ -71,6 +73,20 @@ def descriptors_in_use() -> int:
         return 0
 
 
+class HttpConnection(Protocol):
+    """What the front end needs of a client connection (`http_front.HttpConnection`,
+    which in turn uses the front end: this keeps the import one way)."""
+
+    read_deadline: float
+    write_deadline: float
+
+    @property
+    def requests(self) -> Collection[Request]: ...
+
+    def read_timed_out(self) -> None: ...
+    def send_timed_out(self) -> None: ...
+
+
 class FrontEnd:
     def __init__(self, pool: Pool, config: ServerConfig, buffer_dir: str,
                  access_log: LogLineWriter | None = None) -> None:
@@ -101,7 +117,7 @@ class FrontEnd:
         self.sweeper: asyncio.Task[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.connection: Callable[[], HttpConnection] | None = None
+        self.connection: Callable[[], asyncio.Protocol] | None = None
         self.peak_connections = 0  # since memory was last given back
         self.started = time.time()
         self.clients_accepted = 0
@@ -112,7 +128,7 @@ class FrontEnd:
     # -- accepting ------------------------------------------------------------------
 
     def serve(self, listener: socket.socket,
-              connection: Callable[[], HttpConnection]) -> None:
+              connection: Callable[[], asyncio.Protocol]) -> None:
         """Accept clients on `listener`, each served by a new `connection()`."""
         self.connection = connection
         self.loop = asyncio.get_running_loop()

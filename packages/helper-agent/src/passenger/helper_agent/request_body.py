@@ -16,17 +16,25 @@ from passenger.helper_agent.spool import READ_SIZE, Spool
 
 if TYPE_CHECKING:
     from passenger.helper_agent.app_channel import Channel
-    from passenger.helper_agent.proxied_request import ClientConnection
 
 MAX_BUFFERED_BODY = 64 * 1024  # of a request still waiting for a process
 SENDFILE_MIN = 64 * 1024  # a buffered body's file part goes by sendfile(2) from here on
 FILE_FRAME = 4 << 20      # ... in frames of at most this much
 
 
+class _ClientReads(Protocol):
+    """What the relay needs of the client connection: pausing its reads while the app
+    (or a full buffer) cannot take more."""
+
+    def pause_reading(self, reason: str) -> None: ...
+    def resume_reading(self, reason: str) -> None: ...
+
+
 class _Request(Protocol):
     """What of the request (which this is a part of) the relay uses."""
 
-    conn: ClientConnection
+    @property
+    def conn(self) -> _ClientReads: ...
     channel: Channel | None
     frames: list[bytes]
     buffered: int
