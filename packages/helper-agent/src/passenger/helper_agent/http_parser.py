@@ -14,7 +14,6 @@ arriving, so a client cannot make us hold more than they allow.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 from passenger.helper_agent.chunked_body import ChunkedBodyDecoder
 from passenger.helper_agent.http_errors import (
@@ -33,7 +32,7 @@ from passenger.helper_agent.parser_states import (
     HELD,
     TRAILERS,
 )
-from passenger.helper_agent.request_head import RequestHead, parse_head
+from passenger.helper_agent.request_head import HeadReader, RequestHead, RequestSink
 
 __all__ = ["HttpError", "Limits", "RequestHead", "RequestParser", "RequestSink"]
 
@@ -47,13 +46,7 @@ class Limits:
     field_size: int = 8190
 
 
-class RequestSink(Protocol):
-    def on_head(self, head: RequestHead) -> None: ...
-    def on_body(self, data: bytes) -> None: ...
-    def on_message_complete(self) -> None: ...
-
-
-class RequestParser(ChunkedBodyDecoder):
+class RequestParser(HeadReader, ChunkedBodyDecoder):
     __slots__ = ("buffer", "field_limit", "fields_limit", "head_lines", "held", "keep_alive",
                  "line_limit", "remaining", "scan_pos", "sink", "state", "trailer_lines")
 
@@ -205,26 +198,6 @@ class RequestParser(ChunkedBodyDecoder):
             raise too_many_fields(self.fields_limit)
         if size + 2 > self.field_limit:  # gunicorn counts a field's CRLF
             raise field_too_large(self.field_limit)
-
-    def _parse_head(self, data: bytes, start: int, end: int) -> None:
-        """data[start:end] is a request line and its header lines; data[end:end+4] is
-        the CRLFCRLF that ends them."""
-        head = parse_head(data, start, end, self.line_limit, self.fields_limit,
-                          self.field_limit)
-        self.keep_alive = keep_alive = head.keep_alive
-        if not head.has_body:
-            self.sink.on_head(head)
-            if self.state is HEAD_STATE and not keep_alive:
-                self.state = DONE
-            self.sink.on_message_complete()
-            return
-        if head.chunked:
-            self.state = CHUNK_SIZE_STATE
-            self.trailer_lines = 0
-        else:
-            self.state = BODY
-            self.remaining = head.content_length
-        self.sink.on_head(head)
 
     def _message_complete(self) -> None:
         state = self.state

@@ -1,6 +1,8 @@
 """A whole request head read into a `RequestHead`: the request line, the header fields
 as CGI environ keys, the target's form, the Host, and what the fields say about the
-connection and the body (keep-alive, Content-Length or chunked, Expect, Upgrade).
+connection and the body (keep-alive, Content-Length or chunked, Expect, Upgrade); then
+the parser goes on to the body or the next request. `HeadReader` is a part of
+`RequestParser` (its base class): reading a head costs no call of its own.
 
 Nothing it lets through can be read two ways: one Content-Length or `chunked`, never
 both; one Host; no bare CR or LF, no obs-fold, no control bytes in values. Heads are
@@ -9,6 +11,8 @@ names and Host values seen before are looked up, not checked again.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 from passenger.helper_agent.http_errors import (
     HttpError,
@@ -19,6 +23,7 @@ from passenger.helper_agent.http_errors import (
     too_many_fields,
 )
 from passenger.helper_agent.http_grammar import ABSOLUTE_TARGET, DIGITS, FIELD, HOST, REQUEST_LINE
+from passenger.helper_agent.parser_states import BODY, CHUNK_SIZE_STATE, DONE, HEAD_STATE, State
 
 WHITESPACE = (b" ", b"\t")  # after a value, to trim (the regex keeps it)
 SINGLETONS = frozenset((b"HTTP_HOST", b"CONTENT_LENGTH", b"CONTENT_TYPE"))
@@ -76,61 +81,88 @@ def cgi_key(name: bytes) -> bytes:
         return key
 
 
-def parse_head(data: bytes, start: int, end: int, line_limit: int, fields_limit: int,
-               field_limit: int) -> RequestHead:
-    """data[start:end] is a request line and its header lines; data[end:end+4] is
-    the CRLFCRLF that ends them. The limits are the parser's (0 already made largest)."""
-    line = REQUEST_LINE.match(data, start, end + 2)
-    if line is None:
-        raise _request_line_refused(data, start, end, line_limit)
-    method, target, major, minor = line.groups()
-    eol = line.end()  # where the header lines start
-    if eol - 2 - start > line_limit:
-        raise line_too_long(line_limit)
-    if major != b"1":
-        raise HttpError(505, f"HTTP version {major.decode()}.{minor.decode()} is not "
-                             f"supported; use HTTP/1.1")
-    version = b"1.0" if minor == b"0" else b"1.1"
-    if eol < end:
-        section = data[eol:end + 2]
-        fields = FIELD.findall(section)
-        count = len(fields)
-        # A line that is not a field (or a bare CR/LF), too many fields, maybe a long one:
-        if count != section.count(b"\n") or count > fields_limit or len(section) > field_limit:
-            _check_section(section, count, fields_limit, field_limit)
-        headers = {}
-        try:
-            for name, value in fields:
-                if value[-1:] in WHITESPACE:
-                    value = value.rstrip(b" \t")
-                headers[_KEYS[name]] = value
-            if len(headers) != count or b"" in headers:
-                raise KeyError  # a repeated, dropped or new name: the long way
-        except KeyError:
-            headers = _headers(fields)
-    else:
-        headers = {}
-    if target[0] == 47 and method != b"CONNECT":  # b"/": origin-form
-        path, _, query = target.partition(b"?")
-        if b"#" in target:  # not part of a request-target; browsers never send one
-            path = path.partition(b"#")[0]
-            query = query.partition(b"#")[0]
-        host = headers.get(b"HTTP_HOST")
-    else:
-        path, query, host = _other_target(method, target, version, headers)
-    if host is None:
-        if version == b"1.1":
-            raise HttpError(400, "An HTTP/1.1 request must have a Host header")
-        host = b""
-    elif host not in _GOOD_HOSTS:
-        _check_host(host)
-    head = RequestHead(method, target, path, query, version, headers, host)
-    count = len(headers)
-    if count > 1 or (count and b"HTTP_HOST" not in headers):
-        _interpret(head, headers)
-    elif version == b"1.0":
-        head.keep_alive = False
-    return head
+class _Parser(Protocol):
+    """What of the parser (which this is a part of) reading a head uses."""
+
+    sink: RequestSink
+    state: State
+    keep_alive: bool
+    remaining: int
+    trailer_lines: int
+    line_limit: int
+    fields_limit: int
+    field_limit: int
+
+
+class RequestSink(Protocol):
+    def on_head(self, head: RequestHead) -> None: ...
+    def on_body(self, data: bytes) -> None: ...
+    def on_message_complete(self) -> None: ...
+
+
+class HeadReader:
+    __slots__ = ()
+
+    def _parse_head(self: _Parser, data: bytes, start: int, end: int) -> None:
+        """data[start:end] is a request line and its header lines; data[end:end+4] is
+        the CRLFCRLF that ends them: read them, hand the head to the sink, and go on
+        to the body or the next request."""
+        line = REQUEST_LINE.match(data, start, end + 2)
+        if line is None:
+            raise _request_line_refused(data, start, end, self.line_limit)
+        method, target, major, minor = line.groups()
+        eol = line.end()  # where the header lines start
+        if eol - 2 - start > self.line_limit or major != b"1":
+            raise _version_refused(major, minor, eol - 2 - start, self.line_limit)
+        version = b"1.0" if minor == b"0" else b"1.1"
+        if eol < end:
+            section = data[eol:end + 2]
+            fields = FIELD.findall(section)
+            count = len(fields)
+            if count != section.count(b"\n") or count > self.fields_limit \
+                    or len(section) > self.field_limit:  # else nothing can be wrong
+                _check_section(section, count, self.fields_limit, self.field_limit)
+            headers = {}
+            try:
+                for name, value in fields:
+                    if value[-1:] in WHITESPACE:
+                        value = value.rstrip(b" \t")
+                    headers[_KEYS[name]] = value
+                if len(headers) != count or b"" in headers:
+                    raise KeyError  # a repeated, dropped or new name: the long way
+            except KeyError:
+                headers = _headers(fields)
+        else:
+            headers = {}
+        if target[0] == 47 and method != b"CONNECT":  # b"/": origin-form
+            path, _, query = target.partition(b"?")
+            if b"#" in target:  # not part of a request-target; browsers never send one
+                path, query = path.partition(b"#")[0], query.partition(b"#")[0]
+            host = headers.get(b"HTTP_HOST")
+        else:
+            path, query, host = _other_target(method, target, version, headers)
+        if host is None:
+            host = _no_host(version)
+        elif host not in _GOOD_HOSTS:
+            _check_host(host)
+        head = RequestHead(method, target, path, query, version, headers, host)
+        count = len(headers)
+        if count > 1 or (count and b"HTTP_HOST" not in headers):
+            _interpret(head, headers)
+        elif version == b"1.0":
+            head.keep_alive = False
+        self.keep_alive = keep_alive = head.keep_alive
+        if not head.has_body:
+            self.sink.on_head(head)
+            if self.state is HEAD_STATE and not keep_alive:
+                self.state = DONE
+            self.sink.on_message_complete()
+            return
+        if head.chunked:
+            self.state, self.trailer_lines = CHUNK_SIZE_STATE, 0
+        else:
+            self.state, self.remaining = BODY, head.content_length
+        self.sink.on_head(head)
 
 
 def _request_line_refused(data: bytes, start: int, end: int, line_limit: int) -> HttpError:
@@ -139,6 +171,21 @@ def _request_line_refused(data: bytes, start: int, end: int, line_limit: int) ->
     if eol - start > line_limit:
         return line_too_long(line_limit)
     return request_line_error(data[start:eol])
+
+
+def _version_refused(major: bytes, minor: bytes, size: int, line_limit: int) -> HttpError:
+    """A request line too long, or of an HTTP version not 1.x."""
+    if size > line_limit:
+        return line_too_long(line_limit)
+    return HttpError(505, f"HTTP version {major.decode()}.{minor.decode()} is not "
+                          f"supported; use HTTP/1.1")
+
+
+def _no_host(version: bytes) -> bytes:
+    """The host of a request without one: none, and only HTTP/1.0 may do without."""
+    if version == b"1.1":
+        raise HttpError(400, "An HTTP/1.1 request must have a Host header")
+    return b""
 
 
 def _check_section(section: bytes, count: int, fields_limit: int, field_limit: int) -> None:
