@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hostile_requests import CASES, Case
-from passenger.helper_agent.http_parser import HttpError, Limits, RequestHead, RequestParser
+from passenger.helper_agent.http_parser import HttpError, Limits, RequestParser
+from passenger.helper_agent.request_head import RequestHead
 
 
 class Recorder:

@@ -32,9 +32,10 @@ from passenger.helper_agent.parser_states import (
     HELD,
     TRAILERS,
 )
-from passenger.helper_agent.request_head import HeadReader, RequestHead, RequestSink
+from passenger.helper_agent.request_head import HeadReader, RequestSink
 
-__all__ = ["HttpError", "Limits", "RequestHead", "RequestParser", "RequestSink"]
+# HttpError: what feed raises; RequestSink: what the parser calls.
+__all__ = ["HttpError", "Limits", "RequestParser", "RequestSink"]
 
 
 @dataclass(frozen=True)
