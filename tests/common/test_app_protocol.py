@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from passenger.common import app_protocol as proto
-from passenger.helper_agent.wsgi_loader import BodyReader
+from passenger.helper_agent.wsgi_handler import BodyReader
 
 latin1_text = st.text(st.characters(max_codepoint=255), max_size=60)
 

@@ -5,7 +5,7 @@ holds, and that the app-side loader leaves every one of them out of a response h
 from __future__ import annotations
 
 from passenger.common import app_protocol as proto
-from passenger.helper_agent.wsgi_loader import ResponseHead
+from passenger.helper_agent.wsgi_handler import ResponseHead
 
 
 def test_the_set_is_rfc_9110s_connection_specific_fields_in_lower_case() -> None:

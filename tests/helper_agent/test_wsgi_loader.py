@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from passenger.common import app_protocol as proto
-from passenger.helper_agent.wsgi_loader import InvalidResponse, ResponseHead
+from passenger.helper_agent.wsgi_handler import InvalidResponse, ResponseHead
 
 
 def sent(status: str, headers: list[Any]) -> tuple[int, int, bytes]:

@@ -32,7 +32,7 @@ from passenger.common.startup_protocol import (
     parse_feedback,
     read_feedback_line,
 )
-from passenger.helper_agent import generic_app, wsgi_loader
+from passenger.helper_agent import generic_app, wsgi_handler, wsgi_loader
 from passenger.helper_agent.app_channel import AppChannel, Channel
 from passenger.helper_agent.app_launch import AppLaunch
 from passenger.helper_agent.app_output import AppOutput
@@ -61,9 +61,11 @@ _SOURCES: dict[str, str] = {}
 
 
 def loader_sources() -> dict[str, str]:
-    """The loader's and the frame module's source and path, read once."""
+    """The loader's, the request handler's and the frame module's source and path,
+    read once."""
     if not _SOURCES:
-        for key, module in (("loader", wsgi_loader), ("protocol", app_protocol)):
+        for key, module in (("loader", wsgi_loader), ("protocol", app_protocol),
+                            ("handler", wsgi_handler)):
             path = str(module.__file__)
             _SOURCES[f"{key}_path"] = path
             with open(path, encoding="utf-8") as f:
