@@ -50,9 +50,9 @@ ENABLED = ProcessState.ENABLED
 class Room(Protocol):
     """What a group asks of the pool it shares with other apps (`Pool` answers)."""
 
-    def may_grow(self, group: Group, for_queued_requests: bool) -> bool:
-        """Whether the group may have one more process; may stop another app's idle
-        process to make room."""
+    def may_grow(self, group: Group, used: int, for_queued_requests: bool) -> bool:
+        """Whether the group (which has `used` places) may have one more process; may
+        stop another app's idle process to make room."""
     def wait_for_room(self, group: Group) -> None:
         """Put the group in the top-level queue until room is freed."""
     def on_process_idle(self, group: Group, process: AppProcess) -> None: ...
@@ -129,14 +129,14 @@ class Group:
 
     def cancel(self, request: PendingRequest) -> None:
         """A queued request whose client went away."""
-        self.queue.remove(request)
+        self.queue.withdraw(request)
 
     def dispatch_queue(self) -> None:
         while self.queue:
             process = next((p for p in self.processes if p.accepts_requests), None)
             if process is None:
                 break
-            self.sessions.open(process, self.queue.pop())
+            self.sessions.open(process, self.queue.take())
         if self.queue:
             self.maybe_spawn()
 
@@ -288,7 +288,8 @@ class Group:
             return False
         if retiring:  # a successor may go over the pool size: its predecessor will leave
             return True
-        return self.room.may_grow(self, for_queued_requests=bool(self.queue))
+        return self.room.may_grow(self, len(active) + self.spawns.reserved,
+                                  for_queued_requests=bool(self.queue))
 
     def maybe_spawn(self) -> bool:
         """Start spawning if a process is wanted and allowed; -> whether spawning now."""

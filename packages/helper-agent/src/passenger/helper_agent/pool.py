@@ -80,9 +80,9 @@ class Pool:
     def has_capacity(self) -> bool:
         return self.capacity_used() < self.max_pool_size
 
-    def may_grow(self, group: Group, for_queued_requests: bool) -> bool:
+    def may_grow(self, group: Group, used: int, for_queued_requests: bool) -> bool:
         if self.only_group is group:  # alone in the pool: no one to take room from
-            return group.capacity_used() < self.max_pool_size
+            return used < self.max_pool_size
         if not for_queued_requests:
             # Only --min-instances wants it: free room goes first to an app whose
             # requests wait with no process, and no other app's process is taken.

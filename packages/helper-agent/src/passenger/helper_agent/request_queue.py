@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
 from passenger.helper_agent.error_pages import QUEUE_FULL_PAGE
@@ -27,30 +26,24 @@ class PendingRequest(Protocol):
     def fail(self, status: int, reason: str, page: str | None = None) -> None: ...
 
 
-class RequestQueue:
+class RequestQueue(collections.deque[PendingRequest]):
+    """The requests themselves are the deque (its length and truth are C calls: they are
+    asked on every request while an app is busy); timers and limits beside them."""
+
     def __init__(self, app_name: str, config: ServerConfig, system: System) -> None:
+        super().__init__()
         self.app_name = app_name
         self.max_size = config.max_request_queue_size
         self.max_time = config.max_request_queue_time
         self.overflow_status = config.request_queue_overflow_status_code
         self.system = system
-        self._requests: collections.deque[PendingRequest] = collections.deque()
         self._timers: dict[PendingRequest, Timer] = {}
         self.rejected = 0   # turned away because the queue was full
         self.timed_out = 0  # answered 504 after --max-request-queue-time
 
-    def __len__(self) -> int:
-        return len(self._requests)
-
-    def __bool__(self) -> bool:
-        return bool(self._requests)
-
-    def __iter__(self) -> Iterator[PendingRequest]:
-        return iter(self._requests)
-
     @property
     def full(self) -> bool:
-        return bool(self.max_size) and len(self._requests) >= self.max_size
+        return bool(self.max_size) and len(self) >= self.max_size
 
     def push(self, request: PendingRequest) -> bool:
         """Queue `request`, or turn it away if the queue is full; -> whether queued."""
@@ -60,36 +53,37 @@ class RequestQueue:
                         "answering %d", self.app_name, self.max_size, self.overflow_status)
             request.fail(self.overflow_status, QUEUE_FULL_PAGE)
             return False
-        self._requests.append(request)
+        self.append(request)
         if self.max_time:
             self._timers[request] = self.system.call_later(
                 self.max_time, lambda: self._timed_out(request))
         return True
 
-    def pop(self) -> PendingRequest:
-        request = self._requests.popleft()
+    def take(self) -> PendingRequest:
+        """The oldest request, out of the queue."""
+        request = self.popleft()
         timer = self._timers.pop(request, None)
         if timer is not None:
             timer.cancel()
         return request
 
-    def remove(self, request: PendingRequest) -> bool:
+    def withdraw(self, request: PendingRequest) -> bool:
         """Take out a queued request (its client went away); -> whether it was queued."""
         timer = self._timers.pop(request, None)
         if timer is not None:
             timer.cancel()
         try:
-            self._requests.remove(request)
+            self.remove(request)
         except ValueError:
             return False
         return True
 
     def fail_all(self, status: int, reason: str, page: str | None = None) -> None:
-        while self._requests:
-            self.pop().fail(status, reason, page)
+        while self:
+            self.take().fail(status, reason, page)
 
     def _timed_out(self, request: PendingRequest) -> None:
-        if self.remove(request):
+        if self.withdraw(request):
             self.timed_out += 1
             log.warning("A request for %s waited longer than --max-request-queue-time %d s",
                         self.app_name, self.max_time)
