@@ -7,7 +7,8 @@ from typing import Any
 
 from passenger.cli.status import duration, format_pool
 
-REFERENCE = Path(__file__).parents[3] / "shared" / "reference" / "passenger-6.0.17"
+# Output captured from real Passenger 6.0.17 (a copy of the team's shared reference)
+REFERENCE = Path(__file__).parents[1] / "fixtures" / "passenger-6.0.17"
 
 
 def snapshot(**group_extra: Any) -> dict[str, Any]:

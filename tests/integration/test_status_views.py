@@ -17,7 +17,8 @@ import pytest
 
 from support import INSTRUMENTED_APP, PassengerServer, running_server, wait_for
 
-REFERENCE = Path(__file__).parents[2].parent / "shared" / "reference" / "passenger-6.0.17"
+# Output captured from real Passenger 6.0.17 (a copy of the team's shared reference)
+REFERENCE = Path(__file__).parents[1] / "fixtures" / "passenger-6.0.17"
 
 
 @pytest.fixture(scope="module")
