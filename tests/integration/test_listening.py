@@ -3,27 +3,11 @@ counts as a trusted proxy (README: Options and defaults; Proxies)."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 
+from passenger.common.admin_client import UnixHTTPConnection
 from support import INSTRUMENTED_APP, PassengerServer, wait_for
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float = 10.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def unix_get(path: str, target: str, headers: dict[str, str] | None = None

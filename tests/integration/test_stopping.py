@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
+from typing import Any
 
 from support import INSTRUMENTED_APP, PassengerServer, is_gone, wait_for
 
@@ -34,16 +36,24 @@ def start_busy(server: PassengerServer, path: str
     return thread, outcome
 
 
+def stop_while_busy(server: PassengerServer, path: str) -> tuple[
+        subprocess.CompletedProcess[str], list[Any], float, set[int]]:
+    """`passenger stop` while a request to `path` is in the app -> (the stop's result,
+    the request's outcome, how long the stop took, the processes there were)."""
+    busy, outcome = start_busy(server, path)
+    started = set(server.seen_pids)
+    began = time.monotonic()
+    stop = server.run_tool("passenger", "stop", "--pid-file", str(server.pid_file),
+                           timeout=60)
+    took = time.monotonic() - began
+    busy.join(10)
+    return stop, outcome, took, started
+
+
 def test_passenger_stop_lets_the_request_in_flight_finish() -> None:
     server = PassengerServer(INSTRUMENTED_APP, "--graceful-timeout", "20").start()
     try:
-        busy, outcome = start_busy(server, "/sleep?s=2")
-        started = set(server.seen_pids)
-        began = time.monotonic()
-        stop = server.run_tool("passenger", "stop", "--pid-file", str(server.pid_file),
-                               timeout=60)
-        took = time.monotonic() - began
-        busy.join(10)
+        stop, outcome, took, started = stop_while_busy(server, "/sleep?s=2")
         assert stop.returncode == 0, stop.stderr
         assert outcome and outcome[0][0] == 200, outcome
         assert 1.0 < took < 15, took  # it waited for the request (~2 s), not for 20 s
@@ -58,13 +68,7 @@ def test_passenger_stop_lets_the_request_in_flight_finish() -> None:
 def test_graceful_timeout_bounds_the_wait_for_a_request_in_flight() -> None:
     server = PassengerServer(INSTRUMENTED_APP, "--graceful-timeout", "1").start()
     try:
-        busy, outcome = start_busy(server, "/sleep?s=60")
-        started = set(server.seen_pids)
-        began = time.monotonic()
-        stop = server.run_tool("passenger", "stop", "--pid-file", str(server.pid_file),
-                               timeout=60)
-        took = time.monotonic() - began
-        busy.join(10)
+        stop, outcome, took, started = stop_while_busy(server, "/sleep?s=60")
         assert stop.returncode == 0, stop.stderr
         # 1 s of grace, then the app process gets SIGTERM (SIGKILL 5 s later at most).
         assert 0.9 < took < 15, took

@@ -19,8 +19,9 @@ class AdminError(RuntimeError):
         self.status = status
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a Unix stream socket (the admin API, or `--socket`)."""
+    def __init__(self, path: str, timeout: float = 10.0) -> None:
         super().__init__("localhost", timeout=timeout)
         self.socket_path = path
 
@@ -39,7 +40,7 @@ def request(socket_path: Path, method: str, path: str, body: Any = None,
             timeout: float = 10.0) -> Any:
     """`method` `path` (see admin_paths) with `body` as JSON -> the decoded JSON answer;
     AdminError if the helper agent cannot be reached or answers with an error."""
-    conn = _UnixHTTPConnection(str(socket_path), timeout)
+    conn = UnixHTTPConnection(str(socket_path), timeout)
     try:
         payload = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if payload else {}

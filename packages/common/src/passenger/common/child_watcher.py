@@ -46,9 +46,6 @@ class ChildWatcher:
 
         loop.add_reader(pidfd, exited)
 
-    def watching(self, pid: int) -> bool:
-        return pid in self._watched
-
     def reap_orphans(self) -> None:
         """Wait for exited children nobody watches, without touching the watched ones."""
         while True:
